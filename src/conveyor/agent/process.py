@@ -1,0 +1,281 @@
+"""One step's subprocess: spawn, stream its output, and make sure nothing survives it.
+
+A step runs in its own session/process group (``start_new_session=True``). Every
+process that belongs to a step is found by any of:
+
+* membership of the step's process group,
+* being a descendant of the step's shell (tracked by polling while it runs, so
+  children that ``setsid`` and are later orphaned are still known),
+* carrying the step's cookie in its environment (``CONVEYOR_PROCESS_COOKIE``),
+  which catches double-forked daemons that were never seen as descendants.
+
+When the step ends (normally, by timeout or by cancellation) whatever is still
+alive gets SIGTERM, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+#: Environment variable holding the per-attempt cookie used to find stray processes.
+COOKIE_VAR = "CONVEYOR_PROCESS_COOKIE"
+
+READ_SIZE = 64 * 1024
+#: A partial line is flushed once it is this old (seconds) or this large (bytes).
+FLUSH_DELAY = 0.1
+MAX_PENDING = 64 * 1024
+#: How often descendants are polled while the step runs.
+TRACK_INTERVAL = 0.5
+#: How long to wait for the output pipe to reach EOF once every process is gone.
+DRAIN_TIMEOUT = 2.0
+
+OutputSink = Callable[[bytes], Awaitable[None]]
+
+
+async def pump_output(
+    reader: asyncio.StreamReader,
+    emit: OutputSink,
+    *,
+    flush_delay: float = FLUSH_DELAY,
+    max_pending: int = MAX_PENDING,
+) -> None:
+    """Forward ``reader`` to ``emit`` until EOF.
+
+    Complete lines are emitted as soon as they arrive; a trailing partial line
+    is held back until it is ``flush_delay`` seconds old or ``max_pending``
+    bytes long (or EOF), so that prompts and progress output still show up.
+    """
+    loop = asyncio.get_running_loop()
+    pending = bytearray()
+    pending_since = 0.0
+    read_task: asyncio.Future[bytes] | None = None
+    try:
+        while True:
+            if read_task is None:
+                read_task = asyncio.ensure_future(reader.read(READ_SIZE))
+            timeout = None
+            if pending:
+                timeout = max(0.0, pending_since + flush_delay - loop.time())
+            done, _ = await asyncio.wait({read_task}, timeout=timeout)
+            if not done:
+                data = bytes(pending)
+                pending.clear()
+                await emit(data)
+                continue
+            chunk = read_task.result()
+            read_task = None
+            if not chunk:
+                break
+            if not pending:
+                pending_since = loop.time()
+            pending += chunk
+            cut = pending.rfind(b"\n") + 1
+            if cut == 0 and len(pending) >= max_pending:
+                cut = len(pending)
+            if cut:
+                data = bytes(pending[:cut])
+                del pending[:cut]
+                pending_since = loop.time()
+                await emit(data)
+        if pending:
+            await emit(bytes(pending))
+    finally:
+        if read_task is not None and not read_task.done():
+            read_task.cancel()
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _signal(procs: Iterable[psutil.Process], sig: int) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.Error, OSError):
+            proc.send_signal(sig)  # psutil checks the pid was not reused
+
+
+class StepProcess:
+    """A step's shell plus everything it starts."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        cwd: Path,
+        env: dict[str, str],
+        output: OutputSink,
+        kill_grace: float,
+    ) -> None:
+        self.argv = argv
+        self.cwd = cwd
+        self.cookie = uuid.uuid4().hex
+        self.env = {**env, COOKIE_VAR: self.cookie}
+        self.output = output
+        self.kill_grace = kill_grace
+        #: How many processes were still alive when the shell exited by itself.
+        self.leftovers = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._transport: asyncio.ReadTransport | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._tracker: asyncio.Task[None] | None = None
+        self._known: dict[int, psutil.Process] = {}
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        read_fd, write_fd = os.pipe()
+        try:
+            try:
+                self._proc = await asyncio.create_subprocess_exec(
+                    *self.argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=write_fd,
+                    stderr=asyncio.subprocess.STDOUT,
+                    cwd=self.cwd,
+                    env=self.env,
+                    start_new_session=True,
+                )
+            finally:
+                os.close(write_fd)
+            reader = asyncio.StreamReader(limit=2 * READ_SIZE)
+            pipe = os.fdopen(read_fd, "rb", buffering=0)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+        self._transport = transport
+        self._pump = asyncio.create_task(pump_output(reader, self.output))
+        self._tracker = asyncio.create_task(self._track())
+
+    async def _track(self) -> None:
+        assert self._proc is not None
+        while self._proc.returncode is None:
+            self._remember_descendants()
+            await asyncio.sleep(TRACK_INTERVAL)
+
+    def _remember_descendants(self) -> None:
+        if self._proc is None or self._proc.returncode is not None:
+            return
+        try:
+            children = psutil.Process(self._proc.pid).children(recursive=True)
+        except psutil.Error:
+            return
+        for child in children:
+            self._known[child.pid] = child
+
+    def find_processes(self) -> list[psutil.Process]:
+        """Every live process that belongs to this step (the shell excluded)."""
+        assert self._proc is not None
+        self._remember_descendants()
+        found: dict[int, psutil.Process] = {}
+        for proc in self._known.values():
+            if _alive(proc):
+                found[proc.pid] = proc
+        me = os.getpid()
+        pgid = self._proc.pid
+        for proc in psutil.process_iter():
+            if proc.pid in (me, pgid) or proc.pid in found:
+                continue
+            try:
+                mine = os.getpgid(proc.pid) == pgid
+                if not mine:
+                    mine = proc.environ().get(COOKIE_VAR) == self.cookie
+            except (OSError, psutil.Error):
+                continue
+            if mine and _alive(proc):
+                found[proc.pid] = proc
+        return list(found.values())
+
+    def _signal_all(self, procs: Iterable[psutil.Process], sig: int) -> None:
+        assert self._proc is not None
+        if self._proc.returncode is None:
+            # The leader is not reaped yet, so the group id cannot have been reused.
+            with contextlib.suppress(OSError):
+                os.killpg(self._proc.pid, sig)
+        _signal(procs, sig)
+
+    async def terminate(self) -> None:
+        """SIGTERM everything, wait up to ``kill_grace``, then SIGKILL what is left."""
+        proc = self._proc
+        if proc is None:
+            return
+        victims = self.find_processes()  # snapshot before anything can reparent
+        self._signal_all(victims, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.kill_grace
+        while loop.time() < give_up:
+            victims = [v for v in victims if _alive(v)]
+            if proc.returncode is None:
+                self._remember_descendants()
+            elif not victims:
+                break
+            await asyncio.sleep(0.05)
+        self._signal_all([v for v in victims if _alive(v)] + self.find_processes(), signal.SIGKILL)
+        await proc.wait()
+
+    def kill_now(self) -> None:
+        """SIGKILL everything immediately (last resort, synchronous)."""
+        if self._proc is None:
+            return
+        with contextlib.suppress(Exception):
+            self._signal_all(self.find_processes(), signal.SIGKILL)
+
+    async def wait(self) -> int:
+        """Wait for the shell to exit, clean up leftovers, drain the output.
+
+        Returns the exit status (negative for a signal, as in ``subprocess``).
+        Raises whatever the output sink raised.
+        """
+        proc, pump = self._proc, self._pump
+        assert proc is not None and pump is not None
+        exit_task = asyncio.ensure_future(proc.wait())
+        try:
+            pending: set[asyncio.Future[Any]] = {exit_task, pump}
+            while not exit_task.done():
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if pump in done:
+                    pump.result()  # re-raise a failing sink; EOF before exit is fine
+        finally:
+            exit_task.cancel()
+        returncode = exit_task.result()
+        leftovers = self.find_processes()
+        if leftovers:
+            self.leftovers = len(leftovers)
+            await self.terminate()
+        done, _ = await asyncio.wait({pump}, timeout=DRAIN_TIMEOUT)
+        if done:
+            pump.result()
+        return returncode
+
+    async def close(self) -> None:
+        """Release the pipe and helper tasks; kill and reap the shell if needed."""
+        tasks = [t for t in (self._tracker, self._pump) if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)  # does not raise the tasks' errors
+            for task in tasks:
+                if not task.cancelled():
+                    task.exception()  # mark retrieved
+        if self._transport is not None:
+            self._transport.close()
+        if self._proc is not None and self._proc.returncode is None:
+            self.kill_now()
+            await self._proc.wait()

@@ -1,0 +1,267 @@
+"""The agent protocol, /agent/v1 (HTTP/JSON, bearer token, agent id in X-Agent-Id).
+
+Agents register, heartbeat, long-poll for assignments, start a build by its
+assignment id, send sequenced log chunks (re-sending is harmless), step
+results, artifacts and the final result (idempotent)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request
+from pydantic import BaseModel, Field
+
+from conveyor.api.deps import CallerDep, RuntimeDep
+from conveyor.api.routes_builds import guess_type
+from conveyor.controller.wakeups import DISPATCH, Wakeups, agent_channel, build_channel
+from conveyor.core.labels import is_valid_label
+from conveyor.core.states import AGENT_RESULTS, BuildState, StepState
+from conveyor.errors import InvalidInput
+
+router = APIRouter(prefix="/agent/v1", tags=["agent protocol"])
+
+MAX_LOG_CHUNK = 4 * 1024 * 1024
+AgentIdHeader = Annotated[int, Header(alias="X-Agent-Id")]
+
+
+class RegisterIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    labels: list[str] = Field(default_factory=list, max_length=200)
+    executors: int = Field(ge=1, le=1024)
+    version: str = Field(default="?", max_length=50)
+
+
+class RegisterOut(BaseModel):
+    agent_id: int
+    heartbeat_interval: float
+    poll_timeout: float
+
+
+class HeartbeatIn(BaseModel):
+    running: list[str] = Field(default_factory=list)
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+    metrics: dict[str, Any] | None = None
+
+
+class PollIn(BaseModel):
+    running: list[str] = Field(default_factory=list)
+    cancelling: list[str] = Field(
+        default_factory=list, description="running assignments already being cancelled"
+    )
+    wait: float = Field(default=25.0, ge=0, le=120)
+
+
+class AssignmentOut(BaseModel):
+    assignment_id: str
+    build_id: int
+
+
+class InboxOut(BaseModel):
+    assignments: list[AssignmentOut] = Field(default_factory=list)
+    cancel: list[str] = Field(default_factory=list)
+    abort: list[str] = Field(default_factory=list)
+
+
+class StartOut(BaseModel):
+    build_id: int
+    job: str
+    number: int
+    parameters: dict[str, str]
+    plan: dict[str, Any]
+
+
+class StepIn(BaseModel):
+    key: str = Field(max_length=200)
+    state: StepState
+    exit_code: int | None = None
+    attempt: int = Field(default=1, ge=0)
+
+
+class FinishIn(BaseModel):
+    result: Literal["succeeded", "failed", "cancelled", "timed_out"]
+    cause: str | None = Field(default=None, max_length=2000)
+
+
+class AckOut(BaseModel):
+    cancel: bool = False
+
+
+@router.post("/register")
+async def register(body: RegisterIn, runtime: RuntimeDep, _: CallerDep) -> RegisterOut:
+    bad = [label for label in body.labels if not is_valid_label(label)]
+    if bad:
+        raise InvalidInput(f"invalid label(s): {', '.join(bad)}")
+    agent = await runtime.store.register_agent(
+        body.name, sorted(set(body.labels)), body.executors, body.version, runtime.clock()
+    )
+    runtime.wakeups.notify(DISPATCH)
+    return RegisterOut(
+        agent_id=agent.id,
+        heartbeat_interval=max(1.0, runtime.settings.agent_timeout / 5),
+        poll_timeout=runtime.settings.poll_timeout,
+    )
+
+
+async def _aborts(runtime: Any, agent_id: int, running: list[str]) -> list[str]:
+    states = await runtime.store.builds_of_agent(agent_id, running)
+    return [aid for aid, state in states.items() if state not in ("assigned", "running")]
+
+
+@router.post("/agents/{agent_id}/heartbeat")
+async def heartbeat(
+    agent_id: int, body: HeartbeatIn, runtime: RuntimeDep, _: CallerDep
+) -> InboxOut:
+    came_back = await runtime.store.touch_agent(
+        agent_id,
+        runtime.clock(),
+        cpu_percent=None if body.cpu_percent is None else round(body.cpu_percent),
+        memory_percent=None if body.memory_percent is None else round(body.memory_percent),
+        metrics=body.metrics or {},
+    )
+    if came_back:
+        runtime.wakeups.notify(DISPATCH)
+    return InboxOut(abort=await _aborts(runtime, agent_id, body.running))
+
+
+@router.post("/agents/{agent_id}/poll")
+async def poll(
+    agent_id: int, body: PollIn, request: Request, runtime: RuntimeDep, _: CallerDep
+) -> InboxOut:
+    """Hold until the agent has something to do (new assignment, cancel) or ``wait`` ends."""
+    deadline = time.monotonic() + min(body.wait, runtime.settings.poll_timeout)
+    if await runtime.store.touch_agent(agent_id, runtime.clock()):
+        runtime.wakeups.notify(DISPATCH)
+    running = set(body.running)
+    to_cancel = running - set(body.cancelling)
+    aborts = await _aborts(runtime, agent_id, body.running)
+    while True:
+        waiter = runtime.wakeups.waiter(agent_channel(agent_id))
+        inbox = await runtime.store.agent_inbox(agent_id)
+        out = InboxOut(abort=aborts)
+        for item in inbox:
+            if item.cancel and item.assignment_id in to_cancel:
+                out.cancel.append(item.assignment_id)
+            elif item.assignment_id not in running and not item.cancel:
+                out.assignments.append(
+                    AssignmentOut(assignment_id=item.assignment_id, build_id=item.build_id)
+                )
+        remaining = deadline - time.monotonic()
+        if out.assignments or out.cancel or out.abort or remaining <= 0:
+            return out
+        # Wait in slices so a poll whose agent went away does not hold a shutdown up;
+        # the store is read again only when woken or at the deadline.
+        while (remaining := deadline - time.monotonic()) > 0:
+            if await Wakeups.wait(waiter, min(remaining, 1.0)):
+                break
+            if await request.is_disconnected():
+                return out
+
+
+@router.post("/assignments/{assignment_id}/start")
+async def start(
+    assignment_id: str, agent_id: AgentIdHeader, runtime: RuntimeDep, _: CallerDep
+) -> StartOut:
+    build = await runtime.store.start_build(assignment_id, agent_id, runtime.clock())
+    runtime.wakeups.notify(build_channel(build.id))
+    return StartOut(
+        build_id=build.id,
+        job=build.job_name,
+        number=build.number,
+        parameters=build.parameters,
+        plan=build.plan,
+    )
+
+
+@router.post("/assignments/{assignment_id}/log")
+async def append_log(
+    assignment_id: str,
+    request: Request,
+    agent_id: AgentIdHeader,
+    runtime: RuntimeDep,
+    _: CallerDep,
+    seq: Annotated[int, Query(ge=0)],
+    offset: Annotated[int, Query(ge=0)],
+) -> AckOut:
+    data = await request.body()
+    if len(data) > MAX_LOG_CHUNK:
+        raise InvalidInput(f"log chunk too large ({len(data)} bytes > {MAX_LOG_CHUNK})")
+    build_id, cancel = await runtime.store.append_log(assignment_id, agent_id, seq, offset, data)
+    runtime.wakeups.notify(build_channel(build_id))
+    return AckOut(cancel=cancel)
+
+
+@router.post("/assignments/{assignment_id}/steps")
+async def step(
+    assignment_id: str, body: StepIn, agent_id: AgentIdHeader, runtime: RuntimeDep, _: CallerDep
+) -> AckOut:
+    build_id = await runtime.store.update_step(
+        assignment_id,
+        agent_id,
+        body.key,
+        body.state,
+        body.exit_code,
+        body.attempt,
+        runtime.clock(),
+    )
+    runtime.wakeups.notify(build_channel(build_id))
+    return AckOut()
+
+
+@router.put("/assignments/{assignment_id}/artifacts")
+async def upload_artifact(
+    assignment_id: str,
+    request: Request,
+    agent_id: AgentIdHeader,
+    runtime: RuntimeDep,
+    _: CallerDep,
+    path: Annotated[str, Query(min_length=1, max_length=1000)],
+) -> dict[str, Any]:
+    clean = normalise_artifact_path(path)
+    build = await runtime.store.get_build_for_assignment(assignment_id, agent_id)
+    key = f"artifacts/{build.id}/{clean}"
+
+    async def body() -> AsyncIterator[bytes]:
+        async for chunk in request.stream():
+            yield chunk
+
+    stored = await runtime.blobs.put_stream(key, body())
+    artifact = await runtime.store.record_artifact(
+        assignment_id,
+        agent_id,
+        clean,
+        stored.size,
+        stored.sha256,
+        guess_type(clean),
+        key,
+        runtime.clock(),
+    )
+    return {"path": artifact.path, "size": artifact.size, "sha256": artifact.sha256}
+
+
+@router.post("/assignments/{assignment_id}/finish")
+async def finish(
+    assignment_id: str, body: FinishIn, agent_id: AgentIdHeader, runtime: RuntimeDep, _: CallerDep
+) -> AckOut:
+    result = BuildState(body.result)
+    assert result in AGENT_RESULTS
+    build, changed = await runtime.store.finish_build(
+        assignment_id, agent_id, result, body.cause, runtime.clock()
+    )
+    if changed:
+        await runtime.builds.on_finished(build)
+    return AckOut()
+
+
+def normalise_artifact_path(path: str) -> str:
+    """A clean relative path with '/' separators; refuses absolute paths and '..'."""
+    if "\\" in path or "\x00" in path:
+        raise InvalidInput(f"invalid artifact path {path!r}")
+    if path.startswith("/"):
+        raise InvalidInput(f"artifact path {path!r} must be relative to the workspace")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        raise InvalidInput(f"artifact path {path!r} must stay inside the workspace")
+    return "/".join(parts)

@@ -1,0 +1,41 @@
+"""The FastAPI application factory. Routes are thin; the runtime holds the services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from conveyor import __version__
+from conveyor.api import agent_protocol, routes_agents, routes_builds, routes_health, routes_jobs
+from conveyor.api.errors import install_error_handlers
+from conveyor.runtime import Runtime
+
+
+def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.prepare()
+        if run_loops:
+            await runtime.start_loops()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="Conveyor",
+        version=__version__,
+        description="Self-hosted CI/CD: REST API (/api/v1) and agent protocol (/agent/v1).",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.include_router(routes_health.router)
+    # Build routes first: /api/v1/jobs/{name:path}/builds must win over /jobs/{name:path}.
+    app.include_router(routes_builds.router)
+    app.include_router(routes_jobs.router)
+    app.include_router(routes_agents.router)
+    app.include_router(agent_protocol.router)
+    return app

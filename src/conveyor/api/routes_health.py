@@ -1,0 +1,40 @@
+"""/healthz (the process is alive) and /readyz (store reachable, schema current)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from conveyor import __version__
+from conveyor.api.deps import RuntimeDep
+from conveyor.store.migrate import current_revision, head_revision
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz(runtime: RuntimeDep) -> dict[str, object]:
+    return {
+        "status": "ok",
+        "version": __version__,
+        "controller": runtime.controller_id,
+        "leader": runtime.lease.is_leader,
+    }
+
+
+@router.get("/readyz")
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    try:
+        revision = await current_revision(runtime.store.read_engine)
+    except Exception as exc:
+        return JSONResponse(
+            {"status": "unavailable", "detail": f"store unreachable: {type(exc).__name__}"},
+            status_code=503,
+        )
+    head = head_revision()
+    if revision != head:
+        return JSONResponse(
+            {"status": "unavailable", "detail": f"schema at {revision}, expected {head}"},
+            status_code=503,
+        )
+    return JSONResponse({"status": "ready", "schema": revision})

@@ -1,0 +1,98 @@
+"""`conveyor agent`: run a build agent; `conveyor agent list|drain|resume`: the fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from conveyor.cli.client import ApiClient, fail
+from conveyor.cli.options import TokenOpt, UrlOpt
+
+app = typer.Typer(help="Run a build agent, or manage agents (list, drain, resume).")
+out = Console()
+
+
+@app.callback(invoke_without_command=True)
+def agent(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None, typer.Option(help="controller or load-balancer URL (env CONVEYOR_URL)")
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="token (env CONVEYOR_TOKEN)")] = None,
+    name: Annotated[str | None, typer.Option(help="agent name (default: host name)")] = None,
+    labels: Annotated[str, typer.Option(help="comma-separated labels, e.g. linux,docker")] = "",
+    executors: Annotated[int, typer.Option(min=1, max=1024, help="builds at once")] = 2,
+    workdir: Annotated[Path, typer.Option(help="workspaces live here")] = Path("conveyor-agent"),
+    keep_workspaces: Annotated[bool, typer.Option(help="keep workspaces after builds")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Run a build agent that connects out to the controller (no subcommand)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from conveyor.agent.service import Agent, AgentConfig
+    from conveyor.logging import configure_logging
+
+    url = url or os.environ.get("CONVEYOR_URL")
+    token = token or os.environ.get("CONVEYOR_TOKEN")
+    if not url or not token:
+        fail("an agent needs --url and --token (or CONVEYOR_URL and CONVEYOR_TOKEN)")
+    configure_logging(log_level)
+    config = AgentConfig(
+        url=url,
+        token=token,
+        name=name or socket.gethostname(),
+        labels=[label.strip() for label in labels.split(",") if label.strip()],
+        executors=executors,
+        workdir=workdir,
+        keep_workspaces=keep_workspaces,
+    )
+
+    async def main() -> None:
+        runner = Agent(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, runner.stop)
+        await runner.run()
+
+    asyncio.run(main())
+
+
+@app.command("list")
+def list_agents(url: UrlOpt = None, token: TokenOpt = None) -> None:
+    """List agents with their state and load."""
+    client = ApiClient.from_options(url, token)
+    table = Table("id", "name", "state", "busy", "labels", "cpu %", "mem %", "last seen")
+    for a in client.json("GET", "/api/v1/agents"):
+        table.add_row(
+            str(a["id"]),
+            a["name"],
+            a["state"],
+            f"{a['busy']}/{a['executors']}",
+            ",".join(a["labels"]),
+            "" if a["cpu_percent"] is None else str(a["cpu_percent"]),
+            "" if a["memory_percent"] is None else str(a["memory_percent"]),
+            a["last_seen_at"],
+        )
+    out.print(table)
+
+
+@app.command("drain")
+def drain(agent_id: int, url: UrlOpt = None, token: TokenOpt = None) -> None:
+    """Stop giving new builds to an agent (running ones finish)."""
+    ApiClient.from_options(url, token).json("POST", f"/api/v1/agents/{agent_id}/drain")
+    out.print(f"agent {agent_id} draining")
+
+
+@app.command("resume")
+def resume(agent_id: int, url: UrlOpt = None, token: TokenOpt = None) -> None:
+    """Give builds to a drained agent again."""
+    ApiClient.from_options(url, token).json("POST", f"/api/v1/agents/{agent_id}/resume")
+    out.print(f"agent {agent_id} resumed")

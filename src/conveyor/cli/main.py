@@ -1,0 +1,95 @@
+"""The `conveyor` command line (Typer). Commands hold no logic of their own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from conveyor import __version__
+from conveyor.cli import agent, builds, jobs
+from conveyor.core.dispatch import Strategy
+
+app = typer.Typer(
+    name="conveyor",
+    help="Conveyor: self-hosted CI/CD. `conveyor up` starts everything on this machine.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(jobs.app, name="job")
+app.add_typer(builds.app, name="build")
+app.add_typer(agent.app, name="agent")
+
+HomeOpt = Annotated[
+    Path, typer.Option(envvar="CONVEYOR_HOME", help="state folder (SQLite, blobs, tokens)")
+]
+DatabaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database", envvar="CONVEYOR_DATABASE_URL", help="sqlite:///PATH or postgresql://..."
+    ),
+]
+
+
+def _settings(**values: object) -> object:
+    from pydantic import ValidationError
+
+    from conveyor.cli.client import fail
+    from conveyor.settings import Settings
+
+    try:
+        return Settings(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def server(
+    home: HomeOpt = Path(".conveyor"),
+    database: DatabaseOpt = None,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to bind")] = 8080,
+    blob_dir: Annotated[Path | None, typer.Option(help="blob folder (default HOME/blobs)")] = None,
+    strategy: Annotated[Strategy, typer.Option(help="dispatch strategy")] = Strategy.LABEL_MATCH,
+    agent_timeout: Annotated[
+        float, typer.Option(help="seconds without heartbeat → offline")
+    ] = 15.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Run a controller: REST API, agent protocol, dispatcher."""
+    from conveyor.cli.server import run_server
+
+    settings = _settings(
+        home=home,
+        database_url=database,
+        host=host,
+        port=port,
+        blob_dir=blob_dir,
+        dispatch_strategy=strategy,
+        agent_timeout=agent_timeout,
+        log_level=log_level,
+    )
+    run_server(settings)  # type: ignore[arg-type]
+
+
+@app.command()
+def up(
+    home: HomeOpt = Path(".conveyor"),
+    port: Annotated[int, typer.Option(help="port (a free one if taken)")] = 8080,
+    agents: Annotated[int, typer.Option(min=0, max=64, help="local agents to start")] = 2,
+    executors: Annotated[int, typer.Option(min=1, max=64, help="executors per agent")] = 2,
+    examples: Annotated[bool, typer.Option(help="load the example jobs")] = True,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "warning",
+) -> None:
+    """Start Conveyor on this machine: a controller on SQLite plus local agents."""
+    from conveyor.cli.server import run_up
+
+    settings = _settings(home=home, port=port, log_level=log_level)
+    run_up(settings, agents, executors, examples)  # type: ignore[arg-type]
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)

@@ -1,0 +1,176 @@
+"""`conveyor server` and `conveyor up`: run a controller (and, for `up`, local agents)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Generator
+from pathlib import Path
+
+import uvicorn
+from rich.console import Console
+
+from conveyor.api.app import create_app
+from conveyor.cli.config import write_cli_file
+from conveyor.logging import configure_logging
+from conveyor.runtime import ADMIN_TOKEN_FILE, Runtime
+from conveyor.settings import Settings
+
+out = Console(stderr=True)
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+class _QuietServer(uvicorn.Server):
+    """A uvicorn server whose signals we handle ourselves (to stop agents first)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def _announce(runtime: Runtime, url: str) -> None:
+    home = runtime.settings.home
+    token = runtime.first_admin_token
+    if token is not None:
+        write_cli_file(home, url, token)
+        out.print(f"[bold]Admin token[/] (shown once; also saved in {home / ADMIN_TOKEN_FILE}):")
+        out.print(f"  {token}", highlight=False)
+    else:
+        saved = home / ADMIN_TOKEN_FILE
+        if saved.exists():
+            write_cli_file(home, url, saved.read_text().strip())
+    out.print(f"Conveyor controller at [bold]{url}[/] (database {runtime.store.dialect})")
+
+
+def run_server(settings: Settings) -> None:
+    configure_logging(settings.log_level)
+    runtime = Runtime.build(settings)
+    app = create_app(runtime)
+    url = settings.public_url or f"http://{settings.host}:{settings.port}"
+
+    async def main() -> None:
+        server = uvicorn.Server(_uvicorn_config(app, settings))
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            _announce(runtime, url)
+        await task
+
+    asyncio.run(main())
+
+
+def _free_port(host: str, preferred: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind((host, preferred))
+            return preferred
+        except OSError:
+            s.bind((host, 0))
+            return int(s.getsockname()[1])
+
+
+def run_up(settings: Settings, agents: int, executors: int, load_examples: bool) -> None:
+    configure_logging(settings.log_level)
+    settings.port = _free_port(settings.host, settings.port)
+    runtime = Runtime.build(settings)
+    app = create_app(runtime)
+    url = f"http://{settings.host}:{settings.port}"
+
+    async def main() -> None:
+        server = _QuietServer(_uvicorn_config(app, settings))
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            if serving.done():
+                await serving
+                raise SystemExit(1)
+            await asyncio.sleep(0.05)
+        _announce(runtime, url)
+        token = (settings.home / ADMIN_TOKEN_FILE).read_text().strip()
+        if load_examples:
+            await _load_examples(runtime)
+        procs = [_spawn_agent(settings.home, url, token, i + 1, executors) for i in range(agents)]
+        out.print(f"{agents} local agent(s) with {executors} executor(s) each. Ctrl-C stops all.")
+        out.print("Try: [bold]conveyor build start hello-world -p GREETING=hi --follow[/]")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        out.print("stopping agents…")
+        await asyncio.to_thread(_stop_agents, procs)
+        server.should_exit = True
+        await serving
+        out.print("stopped.")
+
+    asyncio.run(main())
+
+
+def _spawn_agent(
+    home: Path, url: str, token: str, index: int, executors: int
+) -> subprocess.Popen[bytes]:
+    name = f"local-{index}"
+    env = {**os.environ, "CONVEYOR_TOKEN": token}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "conveyor",
+            "agent",
+            "--url",
+            url,
+            "--name",
+            name,
+            "--labels",
+            "local",
+            "--executors",
+            str(executors),
+            "--workdir",
+            str((home / "agents" / name).resolve()),
+        ],
+        env=env,
+        # Own process group: Ctrl-C reaches us, and we stop agents in order.
+        start_new_session=True,
+    )
+
+
+def _stop_agents(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+async def _load_examples(runtime: Runtime) -> None:
+    from conveyor.api.routes_jobs import job_fields
+    from conveyor.errors import NotFound
+
+    for path in sorted(EXAMPLES.glob("*.yml")):
+        _, fields = job_fields(path.read_text())
+        try:
+            await runtime.store.get_job(fields.name)
+        except NotFound:
+            await runtime.store.create_job(fields, "examples", runtime.clock())
+            out.print(f"loaded example job [bold]{fields.name}[/] from {path.name}")

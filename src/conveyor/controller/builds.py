@@ -1,0 +1,125 @@
+"""Starting and ending builds: the decisions around the store's build rows.
+
+Triggering plans the build from the job's spec (pure core code) and stores it
+in one transaction; ending it compacts its log into the blob store and, when
+the pipeline's retry policy allows, queues the retry as a new linked build.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import structlog
+
+from conveyor.blobs import FolderBlobStore
+from conveyor.controller.clock import Clock
+from conveyor.controller.wakeups import DISPATCH, Wakeups, agent_channel, build_channel
+from conveyor.core.pipeline import ParameterError, parse_pipeline, plan_build
+from conveyor.core.plan import BuildPlan
+from conveyor.core.states import BuildState
+from conveyor.errors import InvalidInput
+from conveyor.store import Store
+from conveyor.store.records import BuildRecord
+from conveyor.store.store import NewBuild, NewStep
+
+log = structlog.get_logger(__name__)
+
+#: Results after which a pipeline-level ``retry`` queues another attempt.
+RETRYABLE = frozenset({BuildState.FAILED, BuildState.TIMED_OUT, BuildState.LOST})
+
+
+def log_blob_key(build_id: int) -> str:
+    return f"logs/{build_id // 1000:06d}/{build_id}.log"
+
+
+def plan_steps(plan: BuildPlan) -> list[NewStep]:
+    return [
+        NewStep(key=s.key, stage=s.stage, name=s.name, kind=s.kind, skipped=skipped)
+        for s, skipped in plan.iter_steps()
+    ]
+
+
+class BuildService:
+    def __init__(
+        self, store: Store, blobs: FolderBlobStore, wakeups: Wakeups, clock: Clock
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.wakeups = wakeups
+        self.clock = clock
+
+    async def trigger(
+        self,
+        job_name: str,
+        parameters: Mapping[str, str | bool | int | None],
+        trigger: str,
+        priority: int | None = None,
+    ) -> BuildRecord:
+        job = await self.store.get_job(job_name)
+        pipeline = parse_pipeline(job.spec, f"{job.name}.yml")
+        try:
+            plan = plan_build(pipeline, parameters)
+        except ParameterError as exc:
+            raise InvalidInput(str(exc), errors=list(exc.errors)) from exc
+        build = await self.store.create_build(
+            NewBuild(
+                job_name=job.name,
+                parameters={k: v for k, v in plan.environment.items() if pipeline.parameter(k)},
+                plan=plan.model_dump(mode="json"),
+                steps=plan_steps(plan),
+                priority=job.priority if priority is None else priority,
+                label_expression=pipeline.agent,
+                trigger=trigger,
+                max_attempts=1 + (pipeline.retry or 0),
+                expected_spec_version=job.version,
+            ),
+            self.clock(),
+        )
+        self.wakeups.notify(DISPATCH)
+        log.info("build.queued", build_id=build.id, job=job.name, number=build.number)
+        return build
+
+    async def cancel(self, build_id: int, by: str) -> BuildRecord:
+        build = await self.store.request_cancel(build_id, self.clock(), by)
+        if build.agent_id is not None:
+            self.wakeups.notify(agent_channel(build.agent_id))
+        self.wakeups.notify(build_channel(build.id))
+        return build
+
+    async def on_finished(self, build: BuildRecord) -> None:
+        """After a build ended (reported by its agent, or lost): compact, retry, wake."""
+        self.wakeups.notify(build_channel(build.id))
+        self.wakeups.notify(DISPATCH)
+        await self.compact_log(build.id)
+        if build.state in RETRYABLE and build.attempt < build.max_attempts:
+            await self._retry(build)
+
+    async def compact_log(self, build_id: int) -> None:
+        build = await self.store.get_build(build_id)
+        if build.log_blob is not None:
+            return
+        data = await self.store.read_log_chunks(build_id, 0, max(build.log_size, 0) + 1)
+        key = log_blob_key(build_id)
+        stored = await self.blobs.put_bytes(key, data)
+        await self.store.mark_log_compacted(build_id, key, stored.size)
+        self.wakeups.notify(build_channel(build_id))
+
+    async def _retry(self, build: BuildRecord) -> None:
+        steps = plan_steps(BuildPlan.model_validate(build.plan))
+        retry = await self.store.create_build(
+            NewBuild(
+                job_name=build.job_name,
+                parameters=build.parameters,
+                plan=build.plan,
+                steps=steps,
+                priority=build.priority,
+                label_expression=build.label_expression,
+                trigger=f"retry of build {build.id}",
+                max_attempts=build.max_attempts,
+                attempt=build.attempt + 1,
+                retry_of=build.id,
+            ),
+            self.clock(),
+        )
+        self.wakeups.notify(DISPATCH)
+        log.info("build.retried", build_id=build.id, retry_id=retry.id, attempt=retry.attempt)

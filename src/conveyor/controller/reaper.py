@@ -1,0 +1,44 @@
+"""The reaper loop (leader only): agents that stopped heartbeating go offline, and
+their builds are lost (then retried when the pipeline's retry policy allows)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import structlog
+
+from conveyor.controller.builds import BuildService
+from conveyor.controller.clock import Clock
+from conveyor.controller.leader import LeaderLease
+from conveyor.store import Store
+
+log = structlog.get_logger(__name__)
+
+
+class Reaper:
+    def __init__(
+        self,
+        store: Store,
+        builds: BuildService,
+        lease: LeaderLease,
+        agent_timeout: float,
+        clock: Clock,
+    ) -> None:
+        self.store = store
+        self.builds = builds
+        self.lease = lease
+        self.agent_timeout = agent_timeout
+        self.clock = clock
+
+    async def run_once(self) -> int:
+        fence = self.lease.fence
+        if fence is None:
+            return 0
+        now = self.clock()
+        lost = await self.store.reap_agents(now - timedelta(seconds=self.agent_timeout), fence, now)
+        for build in lost:
+            log.warning("build.lost", build_id=build.id, agent_id=build.agent_id)
+            await self.builds.on_finished(build)
+        for build_id in await self.store.uncompacted_finished_builds():
+            await self.builds.compact_log(build_id)
+        return len(lost)

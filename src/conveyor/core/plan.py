@@ -1,0 +1,66 @@
+"""The resolved plan of one build: what an agent runs, in which order.
+
+A ``BuildPlan`` is what the controller computes from a job's pipeline spec and
+a build's parameters (``conveyor.core.pipeline.plan_build``) and what it hands
+to an agent. It is plain data (JSON on the wire); the agent interprets it.
+Conditions (``when``) are already decided here: a stage whose condition did
+not hold is kept with ``skipped=True`` so that UIs can show it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+StepKind = Literal["sh", "echo", "archive"]
+PostCondition = Literal["always", "success", "failure", "cancelled"]
+
+
+class StepPlan(BaseModel):
+    """One step. ``key`` is unique within the build and stable for a plan."""
+
+    key: str
+    stage: str  # display path of the stage, e.g. "test/unit"; "post.failure" for post steps
+    kind: StepKind
+    name: str  # short display text, e.g. "sh: make test"
+    script: str | None = None  # kind == "sh"
+    message: str | None = None  # kind == "echo"
+    paths: list[str] = Field(default_factory=list)  # kind == "archive": glob patterns
+    timeout: float | None = None  # seconds, per attempt
+    retry: int = 0  # extra attempts after a failure
+    environment: dict[str, str] = Field(default_factory=dict)  # stage env, merged by planner
+
+
+class StagePlan(BaseModel):
+    key: str
+    name: str  # display path, e.g. "test/unit"
+    steps: list[StepPlan] = Field(default_factory=list)
+    parallel: list[StagePlan] = Field(default_factory=list)  # run concurrently; steps empty
+    timeout: float | None = None
+    retry: int = 0
+    skipped: bool = False
+    skip_reason: str | None = None
+
+
+class BuildPlan(BaseModel):
+    stages: list[StagePlan] = Field(default_factory=list)
+    post: dict[PostCondition, list[StepPlan]] = Field(default_factory=dict)
+    environment: dict[str, str] = Field(default_factory=dict)  # pipeline env + parameters
+    timeout: float | None = None  # whole build, seconds
+
+    def iter_steps(self) -> Iterator[tuple[StepPlan, bool]]:
+        """Every step, in display order, with whether it is skipped."""
+
+        def walk(stage: StagePlan, skipped: bool) -> Iterator[tuple[StepPlan, bool]]:
+            for step in stage.steps:
+                yield step, skipped or stage.skipped
+            for child in stage.parallel:
+                yield from walk(child, skipped or stage.skipped)
+
+        for stage in self.stages:
+            yield from walk(stage, False)
+        for condition in ("success", "failure", "cancelled", "always"):
+            for step in self.post.get(condition, []):
+                yield step, False

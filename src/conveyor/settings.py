@@ -1,0 +1,39 @@
+"""Controller settings: read once (flags > environment > defaults) and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from conveyor.core.dispatch import Strategy
+
+
+class Settings(BaseSettings):
+    """Everything a controller needs to start. Environment variables use ``CONVEYOR_``."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+
+    home: Path = Field(default=Path(".conveyor"), description="state folder (SQLite, blobs)")
+    database_url: str | None = Field(
+        default=None, description="sqlite:///path or postgresql://...; default: SQLite in home"
+    )
+    blob_dir: Path | None = Field(default=None, description="blob folder; default: home/blobs")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None
+    controller_id: str | None = None
+    agent_timeout: float = Field(default=15.0, gt=0, description="seconds without heartbeat")
+    lease_ttl: float = Field(default=5.0, gt=0)
+    dispatch_strategy: Strategy = Strategy.LABEL_MATCH
+    poll_timeout: float = Field(default=25.0, gt=0, description="agent long-poll hold, seconds")
+    log_level: str = "info"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'conveyor.db').resolve()}"
+
+    def resolved_blob_dir(self) -> Path:
+        return (self.blob_dir or self.home / "blobs").resolve()

@@ -1,0 +1,1071 @@
+"""The named queries of Conveyor's store, one method each, shared by both databases.
+
+Writes that must happen at most once (assigning a build, finishing it) are
+conditional updates whose row count says whether they took effect; writes of
+the singleton loops carry the leader's epoch (a fencing token) in the same
+transaction, so a deposed leader's write fails instead of acting twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from conveyor.core.dispatch import AgentSlot, QueuedBuild
+from conveyor.core.states import ACTIVE_STATES, FINISHED_STATES, BuildState, StepState
+from conveyor.errors import Conflict, NotFound
+from conveyor.store.base import StoreBase
+from conveyor.store.records import (
+    AgentRecord,
+    ArtifactRecord,
+    BuildRecord,
+    InboxItem,
+    JobRecord,
+    JobVersionRecord,
+    StepRecord,
+    TokenRecord,
+)
+from conveyor.store.schema import (
+    agents,
+    api_tokens,
+    artifacts,
+    build_steps,
+    builds,
+    job_versions,
+    jobs,
+    leases,
+    log_chunks,
+)
+
+ACTIVE = [s.value for s in ACTIVE_STATES]
+FINISHED = [s.value for s in FINISHED_STATES]
+
+
+class FencedOut(Conflict):
+    """A singleton loop's write was refused: its leader epoch is no longer current."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The leader lease a singleton-loop write is conditional on."""
+
+    lease: str
+    holder: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class JobFields:
+    name: str
+    spec: str
+    description: str | None
+    label_expression: str | None
+    concurrency: int | None
+    priority: int
+
+
+@dataclass(frozen=True)
+class NewStep:
+    key: str
+    stage: str
+    name: str
+    kind: str
+    skipped: bool
+
+
+@dataclass(frozen=True)
+class NewBuild:
+    job_name: str
+    parameters: dict[str, str]
+    plan: dict[str, Any]
+    steps: Sequence[NewStep]
+    priority: int
+    label_expression: str | None
+    trigger: str
+    max_attempts: int = 1
+    attempt: int = 1
+    retry_of: int | None = None
+    expected_spec_version: int | None = None
+
+
+@dataclass(frozen=True)
+class DispatchRows:
+    queued: list[QueuedBuild]
+    agents: list[AgentSlot]
+    active_per_job: dict[str, int]
+
+
+def _job(row: Row[Any]) -> JobRecord:
+    m = row._mapping
+    return JobRecord(
+        id=m["id"],
+        name=m["name"],
+        version=m["version"],
+        spec=m["spec"],
+        description=m["description"],
+        label_expression=m["label_expression"],
+        concurrency=m["concurrency"],
+        priority=m["priority"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+    )
+
+
+def _build(row: Row[Any]) -> BuildRecord:
+    m = row._mapping
+    return BuildRecord(
+        id=m["id"],
+        job_id=m["job_id"],
+        job_name=m["job_name"],
+        number=m["number"],
+        state=BuildState(m["state"]),
+        priority=m["priority"],
+        label_expression=m["label_expression"],
+        parameters=dict(m["parameters"]),
+        plan=dict(m["plan"]),
+        spec_version=m["spec_version"],
+        trigger=m["trigger"],
+        attempt=m["attempt"],
+        max_attempts=m["max_attempts"],
+        retry_of=m["retry_of"],
+        queued_at=m["queued_at"],
+        assigned_at=m["assigned_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        agent_id=m["agent_id"],
+        assignment_id=m["assignment_id"],
+        cancel_requested=bool(m["cancel_requested"]),
+        cause=m["cause"],
+        log_size=m["log_size"],
+        log_blob=m["log_blob"],
+    )
+
+
+def _agent(row: Row[Any], busy: int) -> AgentRecord:
+    m = row._mapping
+    return AgentRecord(
+        id=m["id"],
+        name=m["name"],
+        labels=list(m["labels"]),
+        executors=m["executors"],
+        version=m["version"],
+        draining=bool(m["draining"]),
+        registered_at=m["registered_at"],
+        last_seen_at=m["last_seen_at"],
+        online=bool(m["online"]),
+        cpu_percent=m["cpu_percent"],
+        memory_percent=m["memory_percent"],
+        busy=busy,
+    )
+
+
+def _artifact(row: Row[Any]) -> ArtifactRecord:
+    m = row._mapping
+    return ArtifactRecord(
+        id=m["id"],
+        build_id=m["build_id"],
+        path=m["path"],
+        size=m["size"],
+        sha256=m["sha256"],
+        content_type=m["content_type"],
+        blob_key=m["blob_key"],
+        created_at=m["created_at"],
+    )
+
+
+class Store(StoreBase):
+    # ------------------------------------------------------------------ jobs
+    async def create_job(self, fields: JobFields, author: str | None, now: datetime) -> JobRecord:
+        async with self.write() as conn:
+            exists = await conn.scalar(select(jobs.c.id).where(jobs.c.name == fields.name))
+            if exists is not None:
+                raise Conflict(f"job {fields.name!r} already exists")
+            job_id = await conn.scalar(
+                insert(jobs)
+                .values(
+                    **_job_values(fields),
+                    version=1,
+                    next_build_number=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .returning(jobs.c.id)
+            )
+            await conn.execute(
+                insert(job_versions).values(
+                    job_id=job_id, version=1, spec=fields.spec, created_at=now, author=author
+                )
+            )
+            row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).one()
+        return _job(row)
+
+    async def update_job(
+        self, fields: JobFields, expected_version: int | None, author: str | None, now: datetime
+    ) -> JobRecord:
+        async with self.write() as conn:
+            current = (
+                await conn.execute(
+                    select(jobs.c.id, jobs.c.version).where(jobs.c.name == fields.name)
+                )
+            ).one_or_none()
+            if current is None:
+                raise NotFound(f"job {fields.name!r} not found")
+            version = current.version if expected_version is None else expected_version
+            result = await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == current.id, jobs.c.version == version)
+                .values(**_job_values(fields), version=version + 1, updated_at=now)
+            )
+            if result.rowcount != 1:
+                raise Conflict(
+                    f"job {fields.name!r} was changed by someone else (version {current.version},"
+                    f" you sent {version}); fetch it again and retry"
+                )
+            await conn.execute(
+                insert(job_versions).values(
+                    job_id=current.id,
+                    version=version + 1,
+                    spec=fields.spec,
+                    created_at=now,
+                    author=author,
+                )
+            )
+            row = (await conn.execute(select(jobs).where(jobs.c.id == current.id))).one()
+        return _job(row)
+
+    async def get_job(self, name: str) -> JobRecord:
+        async with self.read() as conn:
+            row = (await conn.execute(select(jobs).where(jobs.c.name == name))).one_or_none()
+        if row is None:
+            raise NotFound(f"job {name!r} not found")
+        return _job(row)
+
+    async def list_jobs(self, prefix: str | None = None, limit: int = 500) -> list[JobRecord]:
+        query = select(jobs).order_by(jobs.c.name).limit(limit)
+        if prefix:
+            query = query.where(jobs.c.name.startswith(prefix, autoescape=True))
+        async with self.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_job(r) for r in rows]
+
+    async def delete_job(self, name: str) -> list[str]:
+        """Delete a job and its builds; returns the blob keys the caller should remove."""
+        async with self.write() as conn:
+            job_id = await conn.scalar(select(jobs.c.id).where(jobs.c.name == name))
+            if job_id is None:
+                raise NotFound(f"job {name!r} not found")
+            active = await conn.scalar(
+                select(func.count())
+                .select_from(builds)
+                .where(builds.c.job_id == job_id, builds.c.state.in_(ACTIVE))
+            )
+            if active:
+                raise Conflict(f"job {name!r} has {active} running build(s); cancel them first")
+            blob_keys = list(
+                await conn.scalars(
+                    select(builds.c.log_blob).where(
+                        builds.c.job_id == job_id, builds.c.log_blob.is_not(None)
+                    )
+                )
+            )
+            blob_keys += list(
+                await conn.scalars(
+                    select(artifacts.c.blob_key)
+                    .join(builds, builds.c.id == artifacts.c.build_id)
+                    .where(builds.c.job_id == job_id)
+                )
+            )
+            build_ids = select(builds.c.id).where(builds.c.job_id == job_id)
+            for table in (log_chunks, artifacts, build_steps):
+                await conn.execute(delete(table).where(table.c.build_id.in_(build_ids)))
+            await conn.execute(delete(builds).where(builds.c.job_id == job_id))
+            await conn.execute(delete(job_versions).where(job_versions.c.job_id == job_id))
+            await conn.execute(delete(jobs).where(jobs.c.id == job_id))
+        return [k for k in blob_keys if k]
+
+    async def job_versions(self, name: str) -> list[JobVersionRecord]:
+        job = await self.get_job(name)
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(job_versions)
+                    .where(job_versions.c.job_id == job.id)
+                    .order_by(job_versions.c.version.desc())
+                )
+            ).all()
+        return [
+            JobVersionRecord(
+                version=r.version, spec=r.spec, created_at=r.created_at, author=r.author
+            )
+            for r in rows
+        ]
+
+    # ---------------------------------------------------------------- builds
+    async def create_build(self, new: NewBuild, now: datetime) -> BuildRecord:
+        async with self.write() as conn:
+            job = (
+                await conn.execute(
+                    select(jobs.c.id, jobs.c.version).where(jobs.c.name == new.job_name)
+                )
+            ).one_or_none()
+            if job is None:
+                raise NotFound(f"job {new.job_name!r} not found")
+            if new.expected_spec_version is not None and job.version != new.expected_spec_version:
+                raise Conflict(f"job {new.job_name!r} changed while the build was being planned")
+            number = await conn.scalar(
+                update(jobs)
+                .where(jobs.c.id == job.id)
+                .values(next_build_number=jobs.c.next_build_number + 1)
+                .returning(jobs.c.next_build_number)
+            )
+            build_id = await conn.scalar(
+                insert(builds)
+                .values(
+                    job_id=job.id,
+                    job_name=new.job_name,
+                    number=number,
+                    state=BuildState.QUEUED.value,
+                    priority=new.priority,
+                    label_expression=new.label_expression,
+                    parameters=new.parameters,
+                    plan=new.plan,
+                    spec_version=job.version,
+                    trigger=new.trigger,
+                    attempt=new.attempt,
+                    max_attempts=new.max_attempts,
+                    retry_of=new.retry_of,
+                    queued_at=now,
+                    cancel_requested=False,
+                    log_size=0,
+                )
+                .returning(builds.c.id)
+            )
+            if new.steps:
+                await conn.execute(
+                    insert(build_steps),
+                    [
+                        {
+                            "build_id": build_id,
+                            "key": s.key,
+                            "position": i,
+                            "stage": s.stage,
+                            "name": s.name,
+                            "kind": s.kind,
+                            "state": (StepState.SKIPPED if s.skipped else StepState.PENDING).value,
+                            "attempt": 0,
+                        }
+                        for i, s in enumerate(new.steps)
+                    ],
+                )
+            row = (await conn.execute(select(builds).where(builds.c.id == build_id))).one()
+        return _build(row)
+
+    async def get_build(self, build_id: int) -> BuildRecord:
+        async with self.read() as conn:
+            row = (await conn.execute(select(builds).where(builds.c.id == build_id))).one_or_none()
+        if row is None:
+            raise NotFound(f"build {build_id} not found")
+        return _build(row)
+
+    async def get_build_by_number(self, job_name: str, number: int) -> BuildRecord:
+        async with self.read() as conn:
+            row = (
+                await conn.execute(
+                    select(builds).where(builds.c.job_name == job_name, builds.c.number == number)
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"build {job_name} #{number} not found")
+        return _build(row)
+
+    async def list_builds(
+        self,
+        job_name: str | None = None,
+        states: Sequence[BuildState] = (),
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[BuildRecord]:
+        """Newest first; ``before_id`` is the cursor (the last id of the previous page)."""
+        query = select(builds).order_by(builds.c.id.desc()).limit(limit)
+        if job_name is not None:
+            query = query.where(builds.c.job_name == job_name)
+        if states:
+            query = query.where(builds.c.state.in_([s.value for s in states]))
+        if before_id is not None:
+            query = query.where(builds.c.id < before_id)
+        async with self.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_build(r) for r in rows]
+
+    async def build_steps(self, build_id: int) -> list[StepRecord]:
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(build_steps)
+                    .where(build_steps.c.build_id == build_id)
+                    .order_by(build_steps.c.position)
+                )
+            ).all()
+        return [
+            StepRecord(
+                key=r.key,
+                position=r.position,
+                stage=r.stage,
+                name=r.name,
+                kind=r.kind,
+                state=StepState(r.state),
+                exit_code=r.exit_code,
+                attempt=r.attempt,
+                started_at=r.started_at,
+                finished_at=r.finished_at,
+            )
+            for r in rows
+        ]
+
+    async def request_cancel(self, build_id: int, now: datetime, by: str) -> BuildRecord:
+        """Cancel a queued build at once; ask the agent to stop an active one."""
+        async with self.write() as conn:
+            await conn.execute(
+                update(builds)
+                .where(builds.c.id == build_id, builds.c.state == BuildState.QUEUED.value)
+                .values(
+                    state=BuildState.CANCELLED.value, finished_at=now, cause=f"cancelled by {by}"
+                )
+            )
+            await conn.execute(
+                update(builds)
+                .where(builds.c.id == build_id, builds.c.state.in_(ACTIVE))
+                .values(cancel_requested=True, cause=f"cancelled by {by}")
+            )
+            await conn.execute(
+                update(build_steps)
+                .where(
+                    build_steps.c.build_id == build_id,
+                    build_steps.c.state == StepState.PENDING.value,
+                    select(builds.c.state).where(builds.c.id == build_id).scalar_subquery()
+                    == BuildState.CANCELLED.value,
+                )
+                .values(state=StepState.SKIPPED.value)
+            )
+            row = (await conn.execute(select(builds).where(builds.c.id == build_id))).one_or_none()
+        if row is None:
+            raise NotFound(f"build {build_id} not found")
+        return _build(row)
+
+    # -------------------------------------------------------------- dispatch
+    async def dispatch_rows(self, now: datetime, limit: int = 10_000) -> DispatchRows:
+        async with self.read() as conn:
+            queued_rows = (
+                await conn.execute(
+                    select(
+                        builds.c.id,
+                        builds.c.job_name,
+                        builds.c.priority,
+                        builds.c.queued_at,
+                        builds.c.label_expression,
+                        jobs.c.concurrency,
+                    )
+                    .join(jobs, jobs.c.id == builds.c.job_id)
+                    .where(builds.c.state == BuildState.QUEUED.value)
+                    .order_by(builds.c.priority.desc(), builds.c.id)
+                    .limit(limit)
+                )
+            ).all()
+            active_rows = (
+                await conn.execute(
+                    select(builds.c.agent_id, builds.c.job_name, func.count())
+                    .where(builds.c.state.in_(ACTIVE))
+                    .group_by(builds.c.agent_id, builds.c.job_name)
+                )
+            ).all()
+            agent_rows = (await conn.execute(select(agents))).all()
+        busy: dict[int, int] = {}
+        per_job: dict[str, int] = {}
+        for agent_id, job_name, count in active_rows:
+            busy[agent_id] = busy.get(agent_id, 0) + count
+            per_job[job_name] = per_job.get(job_name, 0) + count
+        return DispatchRows(
+            queued=[
+                QueuedBuild(
+                    build_id=r.id,
+                    job_name=r.job_name,
+                    priority=r.priority,
+                    queued_at=r.queued_at,
+                    label_expression=r.label_expression,
+                    job_concurrency=r.concurrency,
+                )
+                for r in queued_rows
+            ],
+            agents=[
+                AgentSlot(
+                    agent_id=r.id,
+                    name=r.name,
+                    labels=frozenset(r.labels),
+                    executors=r.executors,
+                    busy=busy.get(r.id, 0),
+                    online=bool(r.online),
+                    draining=bool(r.draining),
+                    cpu_percent=float(r.cpu_percent) if r.cpu_percent is not None else None,
+                )
+                for r in agent_rows
+            ],
+            active_per_job=per_job,
+        )
+
+    async def _check_fence(self, conn: AsyncConnection, fence: Fence, now: datetime) -> None:
+        # FOR SHARE (PostgreSQL) holds off a takeover until this transaction ends;
+        # SQLite serialises writers, so the plain read is enough there.
+        query = select(leases.c.epoch).where(
+            leases.c.name == fence.lease,
+            leases.c.holder == fence.holder,
+            leases.c.epoch == fence.epoch,
+            leases.c.expires_at > now,
+        )
+        if self.dialect == "postgresql":
+            query = query.with_for_update(read=True)
+        if await conn.scalar(query) is None:
+            raise FencedOut(f"lease {fence.lease!r} epoch {fence.epoch} is no longer current")
+
+    async def assign_builds(
+        self,
+        assignments: Iterable[tuple[int, int, str]],
+        fence: Fence | None,
+        now: datetime,
+    ) -> list[tuple[int, int, str]]:
+        """Assign (build, agent, assignment id) triples; returns those that took effect."""
+        done: list[tuple[int, int, str]] = []
+        async with self.write() as conn:
+            if fence is not None:
+                await self._check_fence(conn, fence, now)
+            for build_id, agent_id, assignment_id in assignments:
+                result = await conn.execute(
+                    update(builds)
+                    .where(
+                        builds.c.id == build_id,
+                        builds.c.state == BuildState.QUEUED.value,
+                        builds.c.cancel_requested.is_(False),
+                    )
+                    .values(
+                        state=BuildState.ASSIGNED.value,
+                        agent_id=agent_id,
+                        assignment_id=assignment_id,
+                        assigned_at=now,
+                    )
+                )
+                if result.rowcount == 1:
+                    done.append((build_id, agent_id, assignment_id))
+        return done
+
+    async def agent_inbox(self, agent_id: int) -> list[InboxItem]:
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        builds.c.id,
+                        builds.c.assignment_id,
+                        builds.c.state,
+                        builds.c.cancel_requested,
+                    )
+                    .where(
+                        builds.c.agent_id == agent_id,
+                        or_(
+                            builds.c.state == BuildState.ASSIGNED.value,
+                            and_(builds.c.state.in_(ACTIVE), builds.c.cancel_requested.is_(True)),
+                        ),
+                    )
+                    .order_by(builds.c.id)
+                )
+            ).all()
+        return [
+            InboxItem(assignment_id=r.assignment_id, build_id=r.id, cancel=bool(r.cancel_requested))
+            for r in rows
+        ]
+
+    async def builds_of_agent(self, agent_id: int, assignment_ids: Sequence[str]) -> dict[str, str]:
+        """For assignments an agent says it runs: assignment id -> current build state
+        (or "unknown"), so the agent can abort what is no longer its own."""
+        if not assignment_ids:
+            return {}
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(builds.c.assignment_id, builds.c.state, builds.c.agent_id).where(
+                        builds.c.assignment_id.in_(list(assignment_ids))
+                    )
+                )
+            ).all()
+        found = {r.assignment_id: r.state for r in rows if r.agent_id == agent_id}
+        return {aid: found.get(aid, "unknown") for aid in assignment_ids}
+
+    async def _build_by_assignment(
+        self, conn: AsyncConnection, assignment_id: str, agent_id: int | None
+    ) -> Row[Any]:
+        row = (
+            await conn.execute(select(builds).where(builds.c.assignment_id == assignment_id))
+        ).one_or_none()
+        if row is None or (agent_id is not None and row.agent_id != agent_id):
+            raise NotFound(f"assignment {assignment_id} not found")
+        return row
+
+    async def get_build_for_assignment(self, assignment_id: str, agent_id: int) -> BuildRecord:
+        async with self.read() as conn:
+            return _build(await self._build_by_assignment(conn, assignment_id, agent_id))
+
+    async def start_build(self, assignment_id: str, agent_id: int, now: datetime) -> BuildRecord:
+        async with self.write() as conn:
+            await conn.execute(
+                update(builds)
+                .where(
+                    builds.c.assignment_id == assignment_id,
+                    builds.c.agent_id == agent_id,
+                    builds.c.state == BuildState.ASSIGNED.value,
+                )
+                .values(state=BuildState.RUNNING.value, started_at=now)
+            )
+            row = await self._build_by_assignment(conn, assignment_id, agent_id)
+        build = _build(row)
+        if build.state != BuildState.RUNNING:
+            raise Conflict(f"build {build.id} is {build.state.value}; do not run it")
+        return build
+
+    async def append_log(
+        self, assignment_id: str, agent_id: int, seq: int, offset: int, data: bytes
+    ) -> tuple[int, bool]:
+        """Store one log chunk (re-sending one is harmless); returns (build id, cancel?)."""
+        async with self.write() as conn:
+            row = await self._build_by_assignment(conn, assignment_id, agent_id)
+            if row.log_blob is not None:
+                # Compacted already: the chunk was delivered before the build finished.
+                return row.id, bool(row.cancel_requested)
+            await conn.execute(
+                self.insert_ignore(log_chunks).values(
+                    build_id=row.id, seq=seq, offset=offset, size=len(data), data=data
+                )
+            )
+            end = offset + len(data)
+            if end > row.log_size:
+                await conn.execute(
+                    update(builds)
+                    .where(builds.c.id == row.id, builds.c.log_size < end)
+                    .values(log_size=end)
+                )
+        return row.id, bool(row.cancel_requested)
+
+    async def update_step(
+        self,
+        assignment_id: str,
+        agent_id: int,
+        key: str,
+        state: StepState,
+        exit_code: int | None,
+        attempt: int,
+        now: datetime,
+    ) -> int:
+        async with self.write() as conn:
+            row = await self._build_by_assignment(conn, assignment_id, agent_id)
+            values: dict[str, Any] = {"state": state.value, "attempt": attempt}
+            if state == StepState.RUNNING:
+                values["started_at"] = now
+                values["exit_code"] = None
+                values["finished_at"] = None
+            else:
+                values["exit_code"] = exit_code
+                values["finished_at"] = now
+            await conn.execute(
+                update(build_steps)
+                .where(build_steps.c.build_id == row.id, build_steps.c.key == key)
+                .values(**values)
+            )
+        return int(row.id)
+
+    async def finish_build(
+        self,
+        assignment_id: str,
+        agent_id: int | None,
+        result: BuildState,
+        cause: str | None,
+        now: datetime,
+    ) -> tuple[BuildRecord, bool]:
+        """Record a build's result; idempotent. Returns (build, whether this call ended it)."""
+        async with self.write() as conn:
+            row = await self._build_by_assignment(conn, assignment_id, agent_id)
+            changed = await conn.execute(
+                update(builds)
+                .where(builds.c.id == row.id, builds.c.state.in_(ACTIVE))
+                .values(
+                    state=result.value,
+                    finished_at=now,
+                    cause=cause if cause is not None else row.cause,
+                    started_at=func.coalesce(builds.c.started_at, now),
+                )
+            )
+            if changed.rowcount == 1:
+                await self._close_open_steps(conn, row.id, result, now)
+            row = (await conn.execute(select(builds).where(builds.c.id == row.id))).one()
+        return _build(row), changed.rowcount == 1
+
+    async def _close_open_steps(
+        self, conn: AsyncConnection, build_id: int, result: BuildState, now: datetime
+    ) -> None:
+        running_state = {
+            BuildState.CANCELLED: StepState.CANCELLED,
+            BuildState.TIMED_OUT: StepState.TIMED_OUT,
+        }.get(result, StepState.FAILED)
+        await conn.execute(
+            update(build_steps)
+            .where(
+                build_steps.c.build_id == build_id,
+                build_steps.c.state == StepState.RUNNING.value,
+            )
+            .values(state=running_state.value, finished_at=now)
+        )
+        await conn.execute(
+            update(build_steps)
+            .where(
+                build_steps.c.build_id == build_id,
+                build_steps.c.state == StepState.PENDING.value,
+            )
+            .values(state=StepState.SKIPPED.value)
+        )
+
+    # ------------------------------------------------------------------ logs
+    async def read_log_chunks(self, build_id: int, start: int, limit: int) -> bytes:
+        """Bytes [start, start+limit) of a live (not yet compacted) log."""
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(log_chunks.c.offset, log_chunks.c.data)
+                    .where(
+                        log_chunks.c.build_id == build_id,
+                        log_chunks.c.offset + log_chunks.c.size > start,
+                        log_chunks.c.offset < start + limit,
+                    )
+                    .order_by(log_chunks.c.offset)
+                )
+            ).all()
+        out = bytearray()
+        position = start
+        for offset, data in rows:
+            if offset > position:
+                break  # a gap: a chunk not yet delivered; stop before it
+            out += data[position - offset :]
+            position = offset + len(data)
+        return bytes(out[:limit])
+
+    async def mark_log_compacted(self, build_id: int, blob_key: str, size: int) -> None:
+        async with self.write() as conn:
+            await conn.execute(
+                update(builds)
+                .where(builds.c.id == build_id)
+                .values(log_blob=blob_key, log_size=size)
+            )
+            await conn.execute(delete(log_chunks).where(log_chunks.c.build_id == build_id))
+
+    async def uncompacted_finished_builds(self, limit: int = 100) -> list[int]:
+        async with self.read() as conn:
+            return list(
+                await conn.scalars(
+                    select(builds.c.id)
+                    .where(builds.c.state.in_(FINISHED), builds.c.log_blob.is_(None))
+                    .order_by(builds.c.id)
+                    .limit(limit)
+                )
+            )
+
+    # ------------------------------------------------------------- artifacts
+    async def record_artifact(
+        self,
+        assignment_id: str,
+        agent_id: int,
+        path: str,
+        size: int,
+        sha256: str,
+        content_type: str,
+        blob_key: str,
+        now: datetime,
+    ) -> ArtifactRecord:
+        async with self.write() as conn:
+            build = await self._build_by_assignment(conn, assignment_id, agent_id)
+            await conn.execute(
+                delete(artifacts).where(artifacts.c.build_id == build.id, artifacts.c.path == path)
+            )
+            await conn.execute(
+                insert(artifacts).values(
+                    build_id=build.id,
+                    path=path,
+                    size=size,
+                    sha256=sha256,
+                    content_type=content_type,
+                    blob_key=blob_key,
+                    created_at=now,
+                )
+            )
+            row = (
+                await conn.execute(
+                    select(artifacts).where(
+                        artifacts.c.build_id == build.id, artifacts.c.path == path
+                    )
+                )
+            ).one()
+        return _artifact(row)
+
+    async def list_artifacts(self, build_id: int) -> list[ArtifactRecord]:
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(artifacts)
+                    .where(artifacts.c.build_id == build_id)
+                    .order_by(artifacts.c.path)
+                )
+            ).all()
+        return [_artifact(r) for r in rows]
+
+    async def get_artifact(self, build_id: int, path: str) -> ArtifactRecord:
+        async with self.read() as conn:
+            row = (
+                await conn.execute(
+                    select(artifacts).where(
+                        artifacts.c.build_id == build_id, artifacts.c.path == path
+                    )
+                )
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"build {build_id} has no artifact {path!r}")
+        return _artifact(row)
+
+    # ---------------------------------------------------------------- agents
+    async def register_agent(
+        self, name: str, labels: list[str], executors: int, version: str, now: datetime
+    ) -> AgentRecord:
+        async with self.write() as conn:
+            values = {
+                "labels": labels,
+                "executors": executors,
+                "version": version,
+                "last_seen_at": now,
+                "online": True,
+            }
+            result = await conn.execute(update(agents).where(agents.c.name == name).values(values))
+            if result.rowcount == 0:
+                try:
+                    await conn.execute(
+                        insert(agents).values(
+                            name=name, registered_at=now, draining=False, **values
+                        )
+                    )
+                except IntegrityError as exc:  # a concurrent registration won the name
+                    raise Conflict(f"agent name {name!r} is being registered twice") from exc
+            row = (await conn.execute(select(agents).where(agents.c.name == name))).one()
+        return await self._with_busy(row)
+
+    async def _with_busy(self, row: Row[Any]) -> AgentRecord:
+        async with self.read() as conn:
+            busy = await conn.scalar(
+                select(func.count())
+                .select_from(builds)
+                .where(builds.c.agent_id == row.id, builds.c.state.in_(ACTIVE))
+            )
+        return _agent(row, int(busy or 0))
+
+    async def touch_agent(
+        self,
+        agent_id: int,
+        now: datetime,
+        cpu_percent: int | None = None,
+        memory_percent: int | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> bool:
+        """Record that an agent is alive; returns True if it was offline until now."""
+        values: dict[str, Any] = {"last_seen_at": now, "online": True}
+        if metrics is not None:
+            values.update(cpu_percent=cpu_percent, memory_percent=memory_percent, metrics=metrics)
+        async with self.write() as conn:
+            was_online = await conn.scalar(select(agents.c.online).where(agents.c.id == agent_id))
+            if was_online is None:
+                raise NotFound(f"agent {agent_id} not found; register again")
+            await conn.execute(update(agents).where(agents.c.id == agent_id).values(values))
+        return not was_online
+
+    async def list_agents(self) -> list[AgentRecord]:
+        async with self.read() as conn:
+            rows = (await conn.execute(select(agents).order_by(agents.c.name))).all()
+            busy_rows = (
+                await conn.execute(
+                    select(builds.c.agent_id, func.count())
+                    .where(builds.c.state.in_(ACTIVE))
+                    .group_by(builds.c.agent_id)
+                )
+            ).all()
+        busy = {agent_id: count for agent_id, count in busy_rows}
+        return [_agent(r, busy.get(r.id, 0)) for r in rows]
+
+    async def get_agent(self, agent_id: int) -> AgentRecord:
+        async with self.read() as conn:
+            row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one_or_none()
+        if row is None:
+            raise NotFound(f"agent {agent_id} not found")
+        return await self._with_busy(row)
+
+    async def set_agent_draining(self, agent_id: int, draining: bool) -> None:
+        async with self.write() as conn:
+            result = await conn.execute(
+                update(agents).where(agents.c.id == agent_id).values(draining=draining)
+            )
+        if result.rowcount == 0:
+            raise NotFound(f"agent {agent_id} not found")
+
+    async def reap_agents(
+        self, cutoff: datetime, fence: Fence | None, now: datetime
+    ) -> list[BuildRecord]:
+        """Mark agents unseen since ``cutoff`` offline; their active builds become lost.
+
+        Returns the builds this call marked lost (the caller may retry them)."""
+        async with self.write() as conn:
+            if fence is not None:
+                await self._check_fence(conn, fence, now)
+            stale = list(
+                await conn.scalars(
+                    select(agents.c.id).where(
+                        agents.c.online.is_(True), agents.c.last_seen_at < cutoff
+                    )
+                )
+            )
+            if not stale:
+                return []
+            await conn.execute(update(agents).where(agents.c.id.in_(stale)).values(online=False))
+            lost_rows = (
+                await conn.execute(
+                    select(builds).where(builds.c.agent_id.in_(stale), builds.c.state.in_(ACTIVE))
+                )
+            ).all()
+            lost: list[BuildRecord] = []
+            for row in lost_rows:
+                cancelled = bool(row.cancel_requested)
+                state = BuildState.CANCELLED if cancelled else BuildState.LOST
+                cause = row.cause if cancelled else "agent lost"
+                await conn.execute(
+                    update(builds)
+                    .where(builds.c.id == row.id, builds.c.state.in_(ACTIVE))
+                    .values(state=state.value, finished_at=now, cause=cause)
+                )
+                await self._close_open_steps(conn, row.id, state, now)
+                fresh = (await conn.execute(select(builds).where(builds.c.id == row.id))).one()
+                lost.append(_build(fresh))
+        return lost
+
+    # ---------------------------------------------------------------- tokens
+    async def create_token(
+        self,
+        name: str,
+        token_hash: str,
+        scope: str,
+        now: datetime,
+        expires_at: datetime | None = None,
+    ) -> TokenRecord:
+        async with self.write() as conn:
+            token_id = await conn.scalar(
+                insert(api_tokens)
+                .values(
+                    name=name,
+                    token_hash=token_hash,
+                    scope=scope,
+                    created_at=now,
+                    expires_at=expires_at,
+                )
+                .returning(api_tokens.c.id)
+            )
+        return TokenRecord(
+            id=int(token_id or 0),
+            name=name,
+            scope=scope,
+            created_at=now,
+            expires_at=expires_at,
+            revoked_at=None,
+        )
+
+    async def find_token(self, token_hash: str) -> TokenRecord | None:
+        async with self.read() as conn:
+            row = (
+                await conn.execute(select(api_tokens).where(api_tokens.c.token_hash == token_hash))
+            ).one_or_none()
+        if row is None:
+            return None
+        return TokenRecord(
+            id=row.id,
+            name=row.name,
+            scope=row.scope,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            revoked_at=row.revoked_at,
+        )
+
+    async def count_tokens(self) -> int:
+        async with self.read() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(api_tokens)) or 0)
+
+    # ---------------------------------------------------------------- leases
+    async def acquire_lease(self, name: str, holder: str, ttl: float, now: datetime) -> int | None:
+        """Take or renew a lease; returns the epoch held, or None if another holds it.
+
+        The epoch grows at every change of holder (and after an expiry), so it
+        can fence writes made on behalf of an older holder."""
+        expires = now + timedelta(seconds=ttl)
+        async with self.write() as conn:
+            row = (await conn.execute(select(leases).where(leases.c.name == name))).one_or_none()
+            if row is None:
+                result = await conn.execute(
+                    self.insert_ignore(leases).values(
+                        name=name, holder=holder, epoch=1, expires_at=expires
+                    )
+                )
+                return 1 if result.rowcount == 1 else None
+            if row.holder == holder and row.expires_at > now:
+                result = await conn.execute(
+                    update(leases)
+                    .where(
+                        leases.c.name == name,
+                        leases.c.epoch == row.epoch,
+                        leases.c.holder == holder,
+                    )
+                    .values(expires_at=expires)
+                )
+                return int(row.epoch) if result.rowcount == 1 else None
+            if row.expires_at <= now:
+                result = await conn.execute(
+                    update(leases)
+                    .where(leases.c.name == name, leases.c.epoch == row.epoch)
+                    .values(holder=holder, epoch=row.epoch + 1, expires_at=expires)
+                )
+                return int(row.epoch) + 1 if result.rowcount == 1 else None
+            return None
+
+    async def release_lease(self, name: str, holder: str, now: datetime) -> None:
+        async with self.write() as conn:
+            await conn.execute(
+                update(leases)
+                .where(leases.c.name == name, leases.c.holder == holder)
+                .values(expires_at=now)
+            )
+
+    async def get_lease(self, name: str) -> tuple[str, int, datetime] | None:
+        async with self.read() as conn:
+            row = (await conn.execute(select(leases).where(leases.c.name == name))).one_or_none()
+        return None if row is None else (row.holder, int(row.epoch), row.expires_at)
+
+
+def _job_values(fields: JobFields) -> dict[str, Any]:
+    return {
+        "name": fields.name,
+        "spec": fields.spec,
+        "description": fields.description,
+        "label_expression": fields.label_expression,
+        "concurrency": fields.concurrency,
+        "priority": fields.priority,
+    }
