@@ -228,3 +228,38 @@ stages:
     assert all(len(agents) == 1 for agents in runs.values())
     assert {a for agents in runs.values() for a in agents} <= {"agent-1", "agent-2"}
     assert os.environ.get("CONVEYOR_TOKEN") is None or True
+
+
+def test_pipeline_retry_queues_a_linked_build(cluster: Cluster, tmp_path: Path) -> None:
+    controller, _ = cluster
+    counter = tmp_path / "attempts"
+    _apply(
+        controller,
+        tmp_path,
+        f"""
+name: flaky
+retry: 1
+stages:
+  - name: once-broken
+    steps:
+      - sh: |
+          echo x >> {counter}
+          test "$(wc -l < {counter})" -ge 2
+""",
+    )
+    with controller.client() as c:
+        first = c.post("/api/v1/jobs/flaky/builds", json={}).json()
+        done = wait_build_finished(controller, first["id"])
+        assert done["state"] == "failed"
+        assert done["cause"].startswith("step 'sh: echo x >> ")
+        assert done["cause"].endswith("in stage once-broken failed with exit code 1")
+
+        def retry_build() -> dict[str, object] | None:
+            items = c.get("/api/v1/builds", params={"job": "flaky"}).json()["items"]
+            return next((b for b in items if b["retry_of"] == first["id"]), None)
+
+        retry = wait_until(retry_build, 60, what="the retry to be queued")
+        assert retry["attempt"] == 2 and retry["number"] == 2
+        final = wait_build_finished(controller, int(retry["id"]))
+    assert final["state"] == "succeeded"
+    assert counter.read_text().count("x") == 2

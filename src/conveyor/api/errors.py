@@ -26,7 +26,17 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
 
 def _field(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "request"
+    return ".".join(parts) or (str(loc[0]) if loc else "request")
+
+
+def _message(error: Any) -> str:
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid":
+        # FastAPI puts the character position where "body.<field>" would be.
+        reason = (error.get("ctx") or {}).get("error") or "JSON decode error"
+        where = f" at character {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
+        return f"body: not valid JSON ({reason}{where})"
+    return f"{_field(loc)}: {error.get('msg')}"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -45,7 +55,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [f"{_field(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors()]
+        errors = [_message(e) for e in exc.errors()]
         return problem(400, "Invalid request", "; ".join(errors), errors=errors)
 
     @app.exception_handler(StarletteHTTPException)

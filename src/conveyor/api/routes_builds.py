@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -153,7 +154,7 @@ async def download_artifact(
         media_type=artifact.content_type,
         headers={
             "Content-Length": str(artifact.size),
-            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Content-Disposition": content_disposition(filename),
             "X-Checksum-Sha256": artifact.sha256,
         },
     )
@@ -175,6 +176,16 @@ async def queue(runtime: RuntimeDep, _: CallerDep) -> list[QueueItemOut]:
         )
         for q in snapshot.queued
     ]
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with the name; non-ASCII names (which HTTP headers cannot carry
+    as is) get an ASCII fallback plus the RFC 6266 ``filename*`` form."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    header = f'attachment; filename="{fallback}"'
+    if fallback != filename:
+        header += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return header
 
 
 def guess_type(path: str) -> str:

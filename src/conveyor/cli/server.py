@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -139,7 +140,7 @@ def _spawn_agent(
             "--name",
             name,
             "--labels",
-            "local",
+            f"local,{platform.system().lower()},{platform.machine().lower()}",
             "--executors",
             str(executors),
             "--workdir",

@@ -708,8 +708,40 @@ class Store(StoreBase):
             )
             if changed.rowcount == 1:
                 await self._close_open_steps(conn, row.id, result, now)
+                if cause is None and result in (BuildState.FAILED, BuildState.TIMED_OUT):
+                    await conn.execute(
+                        update(builds)
+                        .where(builds.c.id == row.id)
+                        .values(cause=await self._failed_step_cause(conn, row.id))
+                    )
             row = (await conn.execute(select(builds).where(builds.c.id == row.id))).one()
         return _build(row), changed.rowcount == 1
+
+    async def _failed_step_cause(self, conn: AsyncConnection, build_id: int) -> str | None:
+        """Why a build failed, from its first failed step, e.g. "step 'sh: make' in stage
+        build failed with exit code 2"."""
+        step = (
+            await conn.execute(
+                select(
+                    build_steps.c.stage,
+                    build_steps.c.name,
+                    build_steps.c.state,
+                    build_steps.c.exit_code,
+                )
+                .where(
+                    build_steps.c.build_id == build_id,
+                    build_steps.c.state.in_([StepState.FAILED.value, StepState.TIMED_OUT.value]),
+                )
+                .order_by(build_steps.c.position)
+                .limit(1)
+            )
+        ).one_or_none()
+        if step is None:
+            return None
+        if step.state == StepState.TIMED_OUT.value:
+            return f"step '{step.name}' in stage {step.stage} timed out"
+        code = "" if step.exit_code is None else f" with exit code {step.exit_code}"
+        return f"step '{step.name}' in stage {step.stage} failed{code}"
 
     async def _close_open_steps(
         self, conn: AsyncConnection, build_id: int, result: BuildState, now: datetime
