@@ -3,7 +3,8 @@
 # only what is missing. Run as root (CI and these machines are); otherwise uses sudo.
 set -euo pipefail
 
-packages=(python3-venv python3-dev git procps)
+# nginx and haproxy: the load balancers the HA tests and `conveyor cluster up` run.
+packages=(python3-venv python3-dev git procps nginx haproxy)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -18,6 +18,8 @@ from conveyor.controller.clock import Clock, utcnow
 from conveyor.controller.dispatcher import Dispatcher
 from conveyor.controller.leader import LeaderLease
 from conveyor.controller.loops import LoopRunner
+from conveyor.controller.membership import HEARTBEAT_SECONDS, ClusterMembership
+from conveyor.controller.pg_wakeups import PgWakeups
 from conveyor.controller.reaper import Reaper
 from conveyor.controller.wakeups import DISPATCH, Wakeups
 from conveyor.settings import Settings
@@ -49,6 +51,7 @@ class Runtime:
     builds: BuildService
     dispatcher: Dispatcher
     reaper: Reaper
+    membership: ClusterMembership
     loops: list[LoopRunner] = field(default_factory=list)
     first_admin_token: str | None = None
 
@@ -56,10 +59,12 @@ class Runtime:
     def build(cls, settings: Settings, clock: Clock = utcnow) -> Runtime:
         store = open_store(settings.resolved_database_url())
         blobs = FolderBlobStore(settings.resolved_blob_dir())
-        wakeups = Wakeups()
+        wakeups: Wakeups = PgWakeups(store.url) if store.dialect == "postgresql" else Wakeups()
         controller_id = settings.controller_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         lease = LeaderLease(store, controller_id, settings.lease_ttl, clock)
         builds = BuildService(store, blobs, wakeups, clock)
+        address = settings.public_url or f"http://{settings.host}:{settings.port}"
+        membership = ClusterMembership(store, controller_id, address, settings.role, clock)
         return cls(
             settings=settings,
             store=store,
@@ -70,7 +75,8 @@ class Runtime:
             lease=lease,
             builds=builds,
             dispatcher=Dispatcher(store, wakeups, lease, settings.dispatch_strategy, clock),
-            reaper=Reaper(store, builds, lease, settings.agent_timeout, clock),
+            reaper=Reaper(store, builds, lease, settings.agent_timeout, clock, membership),
+            membership=membership,
         )
 
     async def prepare(self) -> None:
@@ -92,10 +98,12 @@ class Runtime:
         return path
 
     async def start_loops(self) -> None:
+        await self.wakeups.start()
         await self.lease.run_once()
         ttl = self.settings.lease_ttl
         self.loops = [
             LoopRunner("leader", self.lease.run_once, ttl / 3),
+            LoopRunner("membership", self.membership.run_once, HEARTBEAT_SECONDS),
             LoopRunner("dispatcher", self.dispatcher.run_once, 1.0, self.wakeups, DISPATCH),
             LoopRunner("reaper", self.reaper.run_once, min(5.0, self.settings.agent_timeout / 3)),
         ]

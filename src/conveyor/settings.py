@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +25,10 @@ class Settings(BaseSettings):
     port: int = 8080
     public_url: str | None = None
     controller_id: str | None = None
+    role: Literal["active", "standby"] = Field(
+        default="active",
+        description="standby: serve only /healthz until this controller is the leader",
+    )
     agent_timeout: float = Field(default=15.0, gt=0, description="seconds without heartbeat")
     lease_ttl: float = Field(default=5.0, gt=0)
     dispatch_strategy: Strategy = Strategy.LABEL_MATCH

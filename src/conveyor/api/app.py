@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from conveyor import __version__
-from conveyor.api import agent_protocol, routes_agents, routes_builds, routes_health, routes_jobs
-from conveyor.api.errors import install_error_handlers
+from conveyor.api import (
+    agent_protocol,
+    routes_agents,
+    routes_builds,
+    routes_cluster,
+    routes_health,
+    routes_jobs,
+)
+from conveyor.api.errors import install_error_handlers, problem
 from conveyor.runtime import Runtime
 
 
@@ -32,10 +40,24 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+
+    if runtime.settings.role == "standby":
+
+        @app.middleware("http")
+        async def standby_gate(request: Request, call_next: Any) -> Any:
+            # For load balancers that switch active/standby: until this controller
+            # leads, it answers only its liveness probe.
+            if request.url.path != "/healthz" and not runtime.lease.is_leader:
+                return problem(
+                    503, "Standby", "this controller is a standby; it serves once it leads"
+                )
+            return await call_next(request)
+
     app.include_router(routes_health.router)
     # Build routes first: /api/v1/jobs/{name:path}/builds must win over /jobs/{name:path}.
     app.include_router(routes_builds.router)
     app.include_router(routes_jobs.router)
     app.include_router(routes_agents.router)
+    app.include_router(routes_cluster.router)
     app.include_router(agent_protocol.router)
     return app

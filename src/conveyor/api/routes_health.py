@@ -31,6 +31,8 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
             {"status": "unavailable", "detail": f"store unreachable: {type(exc).__name__}"},
             status_code=503,
         )
+    if runtime.settings.role == "standby" and not runtime.lease.is_leader:
+        return JSONResponse({"status": "standby", "detail": "not the leader"}, status_code=503)
     head = head_revision()
     if revision != head:
         return JSONResponse(

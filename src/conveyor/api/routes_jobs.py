@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Response
 from conveyor.api.deps import CallerDep, RuntimeDep
 from conveyor.api.schemas import JobIn, JobOut, JobVersionOut
 from conveyor.core.pipeline import Pipeline, parse_pipeline
-from conveyor.errors import InvalidInput, NotFound
+from conveyor.errors import Conflict, InvalidInput, NotFound
 from conveyor.store.store import JobFields
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
@@ -100,8 +100,11 @@ async def put_job(
     except NotFound:
         if expected is not None:
             raise
-        job = await runtime.store.create_job(fields, caller.name, now)
-        response.status_code = 201
+        try:
+            job = await runtime.store.create_job(fields, caller.name, now)
+            response.status_code = 201
+        except Conflict:  # created concurrently: an unconditional PUT then updates it
+            job = await runtime.store.update_job(fields, None, caller.name, now)
     response.headers["ETag"] = _etag(job.version)
     return JobOut.of(job)
 

@@ -55,6 +55,16 @@ def server(
     agent_timeout: Annotated[
         float, typer.Option(help="seconds without heartbeat → offline")
     ] = 15.0,
+    role: Annotated[
+        str, typer.Option(help="active, or standby (serve only /healthz until leader)")
+    ] = "active",
+    public_url: Annotated[
+        str | None, typer.Option(help="URL other controllers and users reach this one at")
+    ] = None,
+    controller_id: Annotated[
+        str | None, typer.Option(help="stable id in the cluster (default: host-random)")
+    ] = None,
+    lease_ttl: Annotated[float, typer.Option(help="leader lease TTL, seconds")] = 5.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run a controller: REST API, agent protocol, dispatcher."""
@@ -68,6 +78,10 @@ def server(
         blob_dir=blob_dir,
         dispatch_strategy=strategy,
         agent_timeout=agent_timeout,
+        role=role,
+        public_url=public_url,
+        controller_id=controller_id,
+        lease_ttl=lease_ttl,
         log_level=log_level,
     )
     run_server(settings)  # type: ignore[arg-type]

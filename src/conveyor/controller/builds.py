@@ -71,6 +71,7 @@ class BuildService:
                 label_expression=pipeline.agent,
                 trigger=trigger,
                 max_attempts=1 + (pipeline.retry or 0),
+                lost_retries=pipeline.retry_lost,
                 expected_spec_version=job.version,
             ),
             self.clock(),
@@ -87,12 +88,17 @@ class BuildService:
         return build
 
     async def on_finished(self, build: BuildRecord) -> None:
-        """After a build ended (reported by its agent, or lost): compact, retry, wake."""
+        """After a build ended (reported by its agent, or lost): retry, compact, wake."""
+        if build.state == BuildState.LOST and build.lost_retries > 0:
+            # A lost agent says nothing about the code: this retry does not use up `retry`.
+            await self._retry(build, lost_retries=build.lost_retries - 1, extra_attempt=1)
+        elif build.state in RETRYABLE and build.attempt < build.max_attempts:
+            await self._retry(build, lost_retries=build.lost_retries, extra_attempt=0)
+        elif build.state == BuildState.LOST:
+            await self.store.fail_lost_build(build.id)
+        await self.compact_log(build.id)
         self.wakeups.notify(build_channel(build.id))
         self.wakeups.notify(DISPATCH)
-        await self.compact_log(build.id)
-        if build.state in RETRYABLE and build.attempt < build.max_attempts:
-            await self._retry(build)
 
     async def compact_log(self, build_id: int) -> None:
         build = await self.store.get_build(build_id)
@@ -104,7 +110,7 @@ class BuildService:
         await self.store.mark_log_compacted(build_id, key, stored.size)
         self.wakeups.notify(build_channel(build_id))
 
-    async def _retry(self, build: BuildRecord) -> None:
+    async def _retry(self, build: BuildRecord, lost_retries: int, extra_attempt: int) -> None:
         steps = plan_steps(BuildPlan.model_validate(build.plan))
         retry = await self.store.create_build(
             NewBuild(
@@ -115,7 +121,8 @@ class BuildService:
                 priority=build.priority,
                 label_expression=build.label_expression,
                 trigger=f"retry of build {build.id}",
-                max_attempts=build.max_attempts,
+                max_attempts=build.max_attempts + extra_attempt,
+                lost_retries=lost_retries,
                 attempt=build.attempt + 1,
                 retry_of=build.id,
             ),

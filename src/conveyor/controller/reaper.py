@@ -10,6 +10,7 @@ import structlog
 from conveyor.controller.builds import BuildService
 from conveyor.controller.clock import Clock
 from conveyor.controller.leader import LeaderLease
+from conveyor.controller.membership import ClusterMembership
 from conveyor.store import Store
 
 log = structlog.get_logger(__name__)
@@ -23,7 +24,9 @@ class Reaper:
         lease: LeaderLease,
         agent_timeout: float,
         clock: Clock,
+        membership: ClusterMembership,
     ) -> None:
+        self.membership = membership
         self.store = store
         self.builds = builds
         self.lease = lease
@@ -39,6 +42,7 @@ class Reaper:
         for build in lost:
             log.warning("build.lost", build_id=build.id, agent_id=build.agent_id)
             await self.builds.on_finished(build)
+        await self.membership.forget_old()
         for build_id in await self.store.uncompacted_finished_builds():
             await self.builds.compact_log(build_id)
         return len(lost)

@@ -308,6 +308,9 @@ class Pipeline(_Model):
     priority: Annotated[int, Field(strict=True)] = 0
     timeout: Duration | None = None
     retry: Retry = 0
+    # Retries when the agent running a build is lost (it stopped heartbeating);
+    # separate from ``retry`` because a lost agent says nothing about the code.
+    retry_lost: Retry = 1
     parameters: list[Parameter] = Field(default_factory=list)
     environment: Environment = Field(default_factory=dict)
     stages: list[Stage] = Field(min_length=1)

@@ -46,6 +46,7 @@ class BuildRecord:
     trigger: str
     attempt: int
     max_attempts: int
+    lost_retries: int
     retry_of: int | None
     queued_at: datetime
     assigned_at: datetime | None
@@ -118,3 +119,13 @@ class InboxItem:
     assignment_id: str
     build_id: int
     cancel: bool
+
+
+@dataclass(frozen=True)
+class ControllerRecord:
+    id: str
+    address: str
+    version: str
+    role: str
+    started_at: datetime
+    heartbeat_at: datetime

@@ -74,6 +74,8 @@ builds = Table(
     Column("trigger", String(200), nullable=False),
     Column("attempt", Integer, nullable=False, default=1),
     Column("max_attempts", Integer, nullable=False, default=1),
+    # Retries left for when the agent running this build is lost (not counted in max_attempts).
+    Column("lost_retries", Integer, nullable=False, default=1, server_default="1"),
     Column("retry_of", Id, nullable=True),
     Column("queued_at", UTCDateTime, nullable=False),
     Column("assigned_at", UTCDateTime, nullable=True),
@@ -167,4 +169,15 @@ leases = Table(
     Column("holder", String(200), nullable=False),
     Column("epoch", BigInteger, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
+)
+
+controllers = Table(
+    "controllers",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("address", String(500), nullable=False),
+    Column("version", String(50), nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
 )

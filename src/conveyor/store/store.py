@@ -26,6 +26,7 @@ from conveyor.store.records import (
     AgentRecord,
     ArtifactRecord,
     BuildRecord,
+    ControllerRecord,
     InboxItem,
     JobRecord,
     JobVersionRecord,
@@ -38,6 +39,7 @@ from conveyor.store.schema import (
     artifacts,
     build_steps,
     builds,
+    controllers,
     job_versions,
     jobs,
     leases,
@@ -90,6 +92,7 @@ class NewBuild:
     label_expression: str | None
     trigger: str
     max_attempts: int = 1
+    lost_retries: int = 1
     attempt: int = 1
     retry_of: int | None = None
     expected_spec_version: int | None = None
@@ -134,6 +137,7 @@ def _build(row: Row[Any]) -> BuildRecord:
         trigger=m["trigger"],
         attempt=m["attempt"],
         max_attempts=m["max_attempts"],
+        lost_retries=m["lost_retries"],
         retry_of=m["retry_of"],
         queued_at=m["queued_at"],
         assigned_at=m["assigned_at"],
@@ -187,17 +191,20 @@ class Store(StoreBase):
             exists = await conn.scalar(select(jobs.c.id).where(jobs.c.name == fields.name))
             if exists is not None:
                 raise Conflict(f"job {fields.name!r} already exists")
-            job_id = await conn.scalar(
-                insert(jobs)
-                .values(
-                    **_job_values(fields),
-                    version=1,
-                    next_build_number=0,
-                    created_at=now,
-                    updated_at=now,
+            try:
+                job_id = await conn.scalar(
+                    insert(jobs)
+                    .values(
+                        **_job_values(fields),
+                        version=1,
+                        next_build_number=0,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    .returning(jobs.c.id)
                 )
-                .returning(jobs.c.id)
-            )
+            except IntegrityError as exc:  # a concurrent create won the name (PostgreSQL)
+                raise Conflict(f"job {fields.name!r} already exists") from exc
             await conn.execute(
                 insert(job_versions).values(
                     job_id=job_id, version=1, spec=fields.spec, created_at=now, author=author
@@ -209,12 +216,12 @@ class Store(StoreBase):
     async def update_job(
         self, fields: JobFields, expected_version: int | None, author: str | None, now: datetime
     ) -> JobRecord:
+        query = select(jobs.c.id, jobs.c.version).where(jobs.c.name == fields.name)
+        if self.dialect == "postgresql":
+            # Lock the row: an unconditional update then cannot lose a race and 409.
+            query = query.with_for_update()
         async with self.write() as conn:
-            current = (
-                await conn.execute(
-                    select(jobs.c.id, jobs.c.version).where(jobs.c.name == fields.name)
-                )
-            ).one_or_none()
+            current = (await conn.execute(query)).one_or_none()
             if current is None:
                 raise NotFound(f"job {fields.name!r} not found")
             version = current.version if expected_version is None else expected_version
@@ -340,6 +347,7 @@ class Store(StoreBase):
                     trigger=new.trigger,
                     attempt=new.attempt,
                     max_attempts=new.max_attempts,
+                    lost_retries=new.lost_retries,
                     retry_of=new.retry_of,
                     queued_at=now,
                     cancel_requested=False,
@@ -991,6 +999,65 @@ class Store(StoreBase):
                 fresh = (await conn.execute(select(builds).where(builds.c.id == row.id))).one()
                 lost.append(_build(fresh))
         return lost
+
+    async def fail_lost_build(self, build_id: int) -> BuildRecord:
+        """A lost build that will not be retried ends failed, its cause kept ("agent lost")."""
+        async with self.write() as conn:
+            await conn.execute(
+                update(builds)
+                .where(builds.c.id == build_id, builds.c.state == BuildState.LOST.value)
+                .values(state=BuildState.FAILED.value)
+            )
+            row = (await conn.execute(select(builds).where(builds.c.id == build_id))).one()
+        return _build(row)
+
+    # ------------------------------------------------------------- controllers
+    async def controller_heartbeat(
+        self, controller_id: str, address: str, version: str, role: str, now: datetime
+    ) -> None:
+        async with self.write() as conn:
+            result = await conn.execute(
+                update(controllers)
+                .where(controllers.c.id == controller_id)
+                .values(address=address, version=version, role=role, heartbeat_at=now)
+            )
+            if result.rowcount == 0:
+                await conn.execute(
+                    self.insert_ignore(controllers).values(
+                        id=controller_id,
+                        address=address,
+                        version=version,
+                        role=role,
+                        started_at=now,
+                        heartbeat_at=now,
+                    )
+                )
+
+    async def list_controllers(self, since: datetime) -> list[ControllerRecord]:
+        """Controllers heard from since ``since``, oldest first."""
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(controllers)
+                    .where(controllers.c.heartbeat_at >= since)
+                    .order_by(controllers.c.started_at)
+                )
+            ).all()
+        return [
+            ControllerRecord(
+                id=r.id,
+                address=r.address,
+                version=r.version,
+                role=r.role,
+                started_at=r.started_at,
+                heartbeat_at=r.heartbeat_at,
+            )
+            for r in rows
+        ]
+
+    async def forget_controllers(self, before: datetime) -> None:
+        async with self.write() as conn:
+            await conn.execute(delete(controllers).where(controllers.c.heartbeat_at < before))
 
     # ---------------------------------------------------------------- tokens
     async def create_token(
