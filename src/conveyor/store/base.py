@@ -13,7 +13,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import Table
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from conveyor.errors import StoreUnavailable
@@ -32,9 +33,9 @@ class StoreBase(ABC):
         try:
             async with self.read_engine.connect() as conn:
                 yield conn
-        except (OperationalError, DBAPIError) as exc:
-            if _is_connection_error(exc):
-                raise StoreUnavailable(f"database unreachable: {exc.orig!r}") from exc
+        except (DBAPIError, OSError, TimeoutError, PoolTimeout) as exc:
+            if _is_connection_error(exc) or isinstance(exc, PoolTimeout):
+                raise StoreUnavailable(f"database unreachable: {_short(exc)}") from exc
             raise
 
     @asynccontextmanager
@@ -43,9 +44,9 @@ class StoreBase(ABC):
         try:
             async with self._write_slot(), self.write_engine.begin() as conn:
                 yield conn
-        except (OperationalError, DBAPIError) as exc:
-            if _is_connection_error(exc):
-                raise StoreUnavailable(f"database unreachable: {exc.orig!r}") from exc
+        except (DBAPIError, OSError, TimeoutError, PoolTimeout) as exc:
+            if _is_connection_error(exc) or isinstance(exc, PoolTimeout):
+                raise StoreUnavailable(f"database unreachable: {_short(exc)}") from exc
             raise
 
     @asynccontextmanager
@@ -68,11 +69,38 @@ class StoreBase(ABC):
             await self.write_engine.dispose()
 
 
-def _is_connection_error(exc: DBAPIError) -> bool:
-    if exc.connection_invalidated:
+#: SQLSTATEs that mean "the server is not there right now" (class 08: connection
+#: exceptions; 57P01-03: shutting down, crash recovery, cannot connect now).
+UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+UNAVAILABLE_WORDS = (
+    "connection",
+    "could not connect",
+    "shutting down",
+    "terminating",
+    "closed",
+    "refused",
+    "starting up",
+    "unable to open database",
+)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    text = str(exc.orig).lower()
-    return any(
-        word in text
-        for word in ("connection", "could not connect", "terminating", "closed", "refused")
-    )
+    chain: list[BaseException] = [exc]
+    orig = getattr(exc, "orig", None)
+    if orig is not None:
+        chain += [orig, *(e for e in (orig.__cause__, orig.__context__) if e is not None)]
+    for error in chain:
+        if isinstance(error, OSError | TimeoutError):
+            return True
+        state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+        if isinstance(state, str) and state.startswith(UNAVAILABLE_SQLSTATES):
+            return True
+    text = str(orig if orig is not None else exc).lower()
+    return any(word in text for word in UNAVAILABLE_WORDS)
+
+
+def _short(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig if orig is not None else exc).splitlines()[0][:300]
