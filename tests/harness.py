@@ -102,6 +102,13 @@ class Controller:
         if self.proc is not None:
             _stop(self.proc)
 
+    def kill(self) -> None:
+        """SIGKILL, as in a crash: no graceful shutdown. ``start()`` runs a new process
+        on the same port and home."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run the `conveyor` CLI against this controller."""
         env = {**os.environ, "CONVEYOR_URL": self.url, "CONVEYOR_TOKEN": self.token}

@@ -44,14 +44,15 @@ async def follow_log(
         data = await read_log(runtime, build, offset, SSE_CHUNK)
         if data:
             text = decoder.decode(data)
-            yield _event("log", {"offset": offset, "text": text})
+            # next_offset is exact in bytes even when a character spans two events.
+            yield _event("log", {"offset": offset, "next_offset": offset + len(data), "text": text})
             offset += len(data)
             continue
         finished = build.state.finished
         if finished and (build.log_blob is not None or offset >= build.log_size):
             tail = decoder.decode(b"", final=True)
             if tail:
-                yield _event("log", {"offset": offset, "text": tail})
+                yield _event("log", {"offset": offset, "next_offset": offset, "text": tail})
             yield _event(
                 "end", {"state": build.state.value, "offset": offset, "cause": build.cause}
             )

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from conveyor import __version__
-from conveyor.cli import agent, builds, jobs
+from conveyor.cli import agent, builds, cluster, jobs, lb
 from conveyor.core.dispatch import Strategy
 
 app = typer.Typer(
@@ -20,6 +20,8 @@ app = typer.Typer(
 app.add_typer(jobs.app, name="job")
 app.add_typer(builds.app, name="build")
 app.add_typer(agent.app, name="agent")
+app.add_typer(cluster.app, name="cluster")
+app.command("lb-config")(lb.lb_config)
 
 HomeOpt = Annotated[
     Path, typer.Option(envvar="CONVEYOR_HOME", help="state folder (SQLite, blobs, tokens)")

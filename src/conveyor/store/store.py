@@ -216,7 +216,7 @@ class Store(StoreBase):
     async def update_job(
         self, fields: JobFields, expected_version: int | None, author: str | None, now: datetime
     ) -> JobRecord:
-        query = select(jobs.c.id, jobs.c.version).where(jobs.c.name == fields.name)
+        query = select(jobs.c.id, jobs.c.version, jobs.c.spec).where(jobs.c.name == fields.name)
         if self.dialect == "postgresql":
             # Lock the row: an unconditional update then cannot lose a race and 409.
             query = query.with_for_update()
@@ -225,6 +225,10 @@ class Store(StoreBase):
             if current is None:
                 raise NotFound(f"job {fields.name!r} not found")
             version = current.version if expected_version is None else expected_version
+            if version == current.version and current.spec == fields.spec:
+                # Re-applying the same spec is not a change: no new version.
+                row = (await conn.execute(select(jobs).where(jobs.c.id == current.id))).one()
+                return _job(row)
             result = await conn.execute(
                 update(jobs)
                 .where(jobs.c.id == current.id, jobs.c.version == version)
@@ -438,11 +442,14 @@ class Store(StoreBase):
         ]
 
     async def request_cancel(self, build_id: int, now: datetime, by: str) -> BuildRecord:
-        """Cancel a queued build at once; ask the agent to stop an active one."""
+        """Cancel a queued or assigned (not yet started) build at once; ask the agent
+        to stop a running one. An assigned build must end here: an agent that has not
+        polled it yet is never offered it, and one that has gets 409 on start."""
+        not_started = [BuildState.QUEUED.value, BuildState.ASSIGNED.value]
         async with self.write() as conn:
             await conn.execute(
                 update(builds)
-                .where(builds.c.id == build_id, builds.c.state == BuildState.QUEUED.value)
+                .where(builds.c.id == build_id, builds.c.state.in_(not_started))
                 .values(
                     state=BuildState.CANCELLED.value, finished_at=now, cause=f"cancelled by {by}"
                 )
