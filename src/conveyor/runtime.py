@@ -100,9 +100,8 @@ class Runtime:
     async def start_loops(self) -> None:
         await self.wakeups.start()
         await self.lease.run_once()
-        ttl = self.settings.lease_ttl
         self.loops = [
-            LoopRunner("leader", self.lease.run_once, ttl / 3),
+            LoopRunner("leader", self.lease.run_once, self.lease.next_attempt_in),
             LoopRunner("membership", self.membership.run_once, HEARTBEAT_SECONDS),
             LoopRunner("dispatcher", self.dispatcher.run_once, 1.0, self.wakeups, DISPATCH),
             LoopRunner("reaper", self.reaper.run_once, min(5.0, self.settings.agent_timeout / 3)),

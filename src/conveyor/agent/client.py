@@ -1,6 +1,9 @@
 """The agent's HTTP client for /agent/v1: timeouts on every call, retries with
 exponential backoff and jitter for network and 5xx failures (every agent call
-is idempotent), clear errors for 4xx."""
+is idempotent), clear errors for 4xx.
+
+The URL may be a load balancer's or a comma-separated list of controllers: on a
+network error or a 502/503/504 the client moves on to the next one."""
 
 from __future__ import annotations
 
@@ -35,17 +38,27 @@ class AgentClient:
         url: str,
         token: str,
         transport: httpx.AsyncBaseTransport | None = None,
-        max_backoff: float = 10.0,
+        max_backoff: float = 5.0,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+        if not self.urls:
+            raise ValueError("no controller URL given")
+        self._current = 0
         self.max_backoff = max_backoff
         self.agent_id: int | None = None
         self._http = httpx.AsyncClient(
-            base_url=self.url,
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(30.0, connect=5.0),
             transport=transport,
         )
+
+    @property
+    def url(self) -> str:
+        """The controller URL in use now."""
+        return self.urls[self._current]
+
+    def _next_url(self) -> None:
+        self._current = (self._current + 1) % len(self.urls)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -72,7 +85,7 @@ class AgentClient:
             try:
                 response = await self._http.request(
                     method,
-                    path,
+                    self.url + path,
                     json=json,
                     params=params,
                     content=content,
@@ -81,12 +94,15 @@ class AgentClient:
                 )
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+                self._next_url()
             else:
                 if response.status_code < 400:
                     return response.json() if response.content else None
                 if response.status_code not in RETRYABLE_STATUS:
                     raise ProtocolError(response.status_code, _detail(response))
                 problem = f"HTTP {response.status_code}"
+                if response.status_code != 429:
+                    self._next_url()
             if attempts is not None and attempt >= attempts:
                 raise ConveyorError(f"{method} {path} failed after {attempt} attempts: {problem}")
             log.warning("agent.call_retry", path=path, problem=problem, retry_in=round(delay, 2))
@@ -99,7 +115,7 @@ class AgentClient:
         while True:
             try:
                 response = await self._http.put(
-                    path,
+                    self.url + path,
                     params=params,
                     content=_file_chunks(file),
                     headers={**self._headers(), "Content-Length": str(size)},
@@ -107,12 +123,15 @@ class AgentClient:
                 )
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+                self._next_url()
             else:
                 if response.status_code < 400:
                     return response.json()
                 if response.status_code not in RETRYABLE_STATUS:
                     raise ProtocolError(response.status_code, _detail(response))
                 problem = f"HTTP {response.status_code}"
+                if response.status_code != 429:
+                    self._next_url()
             log.warning("agent.upload_retry", path=path, problem=problem)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(self.max_backoff, delay * 2)

@@ -2,7 +2,13 @@
 
 It connects out to the controller (or the load balancer in front of several),
 so it works from behind NAT. Each assignment runs in its own task with its
-own workspace; N executors run N builds at once."""
+own workspace; N executors run N builds at once.
+
+What a build reports goes to its durable outbox on the agent's disk
+(:mod:`conveyor.agent.outbox`) and is delivered from there, so a build goes on
+while no controller is reachable. The workspace is removed once the outbox is
+delivered (an artifact may still be read from it). Outboxes left behind by an
+earlier agent process are delivered when the agent starts."""
 
 from __future__ import annotations
 
@@ -20,9 +26,16 @@ import structlog
 from conveyor import __version__
 from conveyor.agent.client import AgentClient, ProtocolError
 from conveyor.agent.executor import BuildContext, BuildExecutor
-from conveyor.agent.shipper import LogShipper
+from conveyor.agent.outbox import (
+    DEFAULT_MAX_OUTBOX_BYTES,
+    MAX_BACKOFF,
+    BuildOutbox,
+    OutboxBudget,
+    OutboxReporter,
+    list_outboxes,
+)
 from conveyor.core.plan import BuildPlan
-from conveyor.core.states import BuildState, StepState
+from conveyor.core.states import BuildState
 
 log = structlog.get_logger(__name__)
 
@@ -37,38 +50,14 @@ class AgentConfig:
     workdir: Path = Path("conveyor-agent")
     keep_workspaces: bool = False
     kill_grace: float = 3.0
+    #: Bound on build output buffered on disk for delivery (all builds together).
+    max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES
 
 
-class RemoteReporter:
-    """The executor's BuildReporter, speaking the agent protocol."""
-
-    def __init__(self, client: AgentClient, assignment_id: str, shipper: LogShipper) -> None:
-        self.client = client
-        self.assignment_id = assignment_id
-        self.shipper = shipper
-
-    async def log(self, data: bytes) -> None:
-        await self.shipper.write(data)
-
-    async def step_started(self, key: str, attempt: int) -> None:
-        await self._step(key, StepState.RUNNING, None, attempt)
-
-    async def step_finished(
-        self, key: str, state: StepState, exit_code: int | None, attempt: int
-    ) -> None:
-        await self._step(key, state, exit_code, attempt)
-
-    async def _step(self, key: str, state: StepState, exit_code: int | None, attempt: int) -> None:
-        await self.client.call(
-            "POST",
-            f"/agent/v1/assignments/{self.assignment_id}/steps",
-            json={"key": key, "state": state.value, "exit_code": exit_code, "attempt": attempt},
-        )
-
-    async def upload_artifact(self, rel_path: str, file: Path) -> None:
-        await self.client.upload(
-            f"/agent/v1/assignments/{self.assignment_id}/artifacts", {"path": rel_path}, file
-        )
+#: On stop, builds whose executors ended get this long to deliver their outbox;
+#: what is left (controller unreachable) is delivered by the next agent process.
+STOP_DELIVERY_SECONDS = 5.0
+INTERRUPTED_CAUSE = "the agent restarted while the build was running"
 
 
 def _slug(text: str) -> str:
@@ -79,10 +68,19 @@ class Agent:
     def __init__(self, config: AgentConfig, client: AgentClient | None = None) -> None:
         self.config = config
         self.client = client or AgentClient(config.url, config.token)
+        # Outbox delivery retries with a short backoff cap, so that it resumes
+        # within seconds of a controller coming back.
+        self.delivery_client = client or AgentClient(
+            config.url, config.token, max_backoff=MAX_BACKOFF
+        )
+        self.outbox_budget = OutboxBudget(config.max_outbox_bytes)
+        #: assignment id -> its executor while the build runs, None before it
+        #: starts and while its outbox is delivered (the controller still counts it).
         self.running: dict[str, BuildExecutor | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._cancelled: set[str] = set()
+        self._delivering: set[str] = set()  # executor done, outbox not delivered yet
         self.heartbeat_interval = 3.0
         self.poll_timeout = 25.0
 
@@ -97,16 +95,21 @@ class Agent:
                 "version": __version__,
             },
         )
-        self.client.agent_id = int(answer["agent_id"])
+        self.client.agent_id = self.delivery_client.agent_id = int(answer["agent_id"])
         self.heartbeat_interval = float(answer.get("heartbeat_interval", 3.0))
         self.poll_timeout = float(answer.get("poll_timeout", 25.0))
         log.info("agent.registered", name=self.config.name, agent_id=self.client.agent_id)
         return self.client.agent_id
 
+    @property
+    def outbox_root(self) -> Path:
+        return self.config.workdir / "outbox"
+
     async def run(self) -> None:
         """Run until stop(); then cancel running builds and report them."""
         self.config.workdir.mkdir(parents=True, exist_ok=True)
         await self.register()
+        await self._resume_outboxes()
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         poller = asyncio.create_task(self._poll_loop(), name="poll")
         await self._stopping.wait()
@@ -117,15 +120,34 @@ class Agent:
                 await task
         for aid in list(self.running):
             self._cancel(aid)
+        # Post steps (cancelled, always) get a short while; then they are cut short.
+        if not await self._executors_done(self.config.kill_grace + 5):
+            for executor in self.running.values():
+                if executor is not None:
+                    executor.cancel()
+            await self._executors_done(self.config.kill_grace + 10)
         if self._tasks:
-            # Post steps (cancelled, always) get a short while; then they are cut short.
-            _, pending = await asyncio.wait(self._tasks, timeout=self.config.kill_grace + 5)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=STOP_DELIVERY_SECONDS)
             if pending:
-                for executor in self.running.values():
-                    if executor is not None:
-                        executor.cancel()
-                await asyncio.wait(pending, timeout=self.config.kill_grace + 10)
+                # Undelivered outboxes stay on disk; the next agent process delivers them.
+                log.warning("agent.stopping_with_undelivered_builds", assignments=len(pending))
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=10)
         await self.client.close()
+        if self.delivery_client is not self.client:
+            await self.delivery_client.close()
+
+    async def _executors_done(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for every build to leave its executor (not counting
+        outbox delivery, which may wait for an unreachable controller)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(aid not in self._delivering for aid in self.running):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
 
     def stop(self) -> None:
         self._stopping.set()
@@ -189,6 +211,11 @@ class Agent:
 
     def _cancel(self, aid: str) -> None:
         """Cancel once: a second cancel() would also cut the post steps short."""
+        if aid in self._delivering:
+            # Over already; only its outbox is being delivered. Say "cancelling" in
+            # polls so that the controller does not ask again and again.
+            self._cancelled.add(aid)
+            return
         executor = self.running.get(aid)
         if executor is not None and aid not in self._cancelled:
             self._cancelled.add(aid)
@@ -204,6 +231,7 @@ class Agent:
         finally:
             self.running.pop(aid, None)
             self._cancelled.discard(aid)
+            self._delivering.discard(aid)
 
     async def _execute(self, aid: str) -> None:
         start = await self.client.call("POST", f"/agent/v1/assignments/{aid}/start")
@@ -226,28 +254,82 @@ class Agent:
             },
             kill_grace=self.config.kill_grace,
         )
-        shipper = LogShipper(self.client, aid, lambda: self._cancel(aid))
-        executor = BuildExecutor(ctx, RemoteReporter(self.client, aid, shipper))
-        self.running[aid] = executor
-        shipper.start()
-        log.info("build.started", build_id=build_id, job=start["job"], number=start["number"])
-        cause: str | None = None
-        try:
-            result = await executor.run()
-        except Exception as exc:
-            log.exception("build.executor_failed", build_id=build_id)
-            result, cause = BuildState.FAILED, f"agent error: {exc}"
-        if self._stopping.is_set() and result == BuildState.CANCELLED:
-            cause = "agent stopped"
-        await shipper.close()
-        await self.client.call(
-            "POST",
-            f"/agent/v1/assignments/{aid}/finish",
-            json={"result": result.value, "cause": cause},
+        outbox = self._outbox(
+            aid, meta={"build_id": build_id, "workspace": str(workspace.resolve())}
         )
-        log.info("build.finished", build_id=build_id, result=result.value)
-        if not self.config.keep_workspaces:
+        await outbox.open()
+        outbox.start()
+        try:
+            executor = BuildExecutor(ctx, OutboxReporter(outbox))
+            self.running[aid] = executor
+            log.info("build.started", build_id=build_id, job=start["job"], number=start["number"])
+            cause: str | None = None
+            try:
+                result = await executor.run()
+            except Exception as exc:
+                log.exception("build.executor_failed", build_id=build_id)
+                result, cause = BuildState.FAILED, f"agent error: {exc}"
+            if self._stopping.is_set() and result == BuildState.CANCELLED:
+                cause = "agent stopped"
+            await outbox.finish(result.value, cause)
+            self._delivering.add(aid)
+            self.running[aid] = None
+            log.info("build.finished", build_id=build_id, result=result.value)
+            await self._deliver(outbox, workspace)
+        finally:
+            await outbox.close()
+
+    def _outbox(self, aid: str, meta: dict[str, object] | None = None) -> BuildOutbox:
+        return BuildOutbox(
+            self.outbox_root,
+            aid,
+            self.delivery_client,
+            budget=self.outbox_budget,
+            on_cancel=lambda: self._cancel(aid),
+            on_rejected=lambda: self._cancel(aid),
+            meta=meta,
+        )
+
+    async def _deliver(self, outbox: BuildOutbox, workspace: Path | None) -> None:
+        """Wait for the outbox to be delivered (or refused), then drop the workspace."""
+        delivered = await outbox.wait()
+        if delivered is None:
+            return  # closed: the agent is stopping; the next process delivers it
+        if delivered:
+            log.info("build.delivered", assignment=outbox.assignment_id)
+        if workspace is not None and not self.config.keep_workspaces:
             await asyncio.to_thread(shutil.rmtree, workspace, True)
+
+    async def _resume_outboxes(self) -> None:
+        """Deliver the outboxes an earlier agent process left behind. Their builds are
+        not resumed: one whose result is missing (the agent stopped while it ran) is
+        reported failed, after the output it had produced."""
+        for aid in await asyncio.to_thread(list_outboxes, self.outbox_root):
+            if aid in self.running:
+                continue
+            self.running[aid] = None
+            self._delivering.add(aid)
+            task = asyncio.create_task(self._run_resumed(aid), name=f"resume:{aid}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run_resumed(self, aid: str) -> None:
+        outbox = self._outbox(aid)
+        try:
+            await outbox.open()
+            if not outbox.finished:
+                await outbox.write(f"\n==> {INTERRUPTED_CAUSE}; it did not go on\n".encode())
+                await outbox.finish(BuildState.FAILED.value, INTERRUPTED_CAUSE)
+            outbox.start()
+            workspace = outbox.meta.get("workspace")
+            await self._deliver(outbox, Path(workspace) if workspace else None)
+        except Exception:
+            log.exception("agent.outbox_resume_failed", assignment=aid)
+        finally:
+            await outbox.close()
+            self.running.pop(aid, None)
+            self._cancelled.discard(aid)
+            self._delivering.discard(aid)
 
 
 def _system_metrics(workdir: Path) -> dict[str, object]:

@@ -24,7 +24,7 @@ out = Console()
 def agent(
     ctx: typer.Context,
     url: Annotated[
-        str | None, typer.Option(help="controller or load-balancer URL (env CONVEYOR_URL)")
+        str | None, typer.Option(help="load-balancer or controller URL, or a comma-separated list (env CONVEYOR_URL)")
     ] = None,
     token: Annotated[str | None, typer.Option(help="token (env CONVEYOR_TOKEN)")] = None,
     name: Annotated[str | None, typer.Option(help="agent name (default: host name)")] = None,
@@ -32,6 +32,15 @@ def agent(
     executors: Annotated[int, typer.Option(min=1, max=1024, help="builds at once")] = 2,
     workdir: Annotated[Path, typer.Option(help="workspaces live here")] = Path("conveyor-agent"),
     keep_workspaces: Annotated[bool, typer.Option(help="keep workspaces after builds")] = False,
+    outbox_limit_mb: Annotated[
+        int,
+        typer.Option(
+            "--outbox-limit-mb",
+            min=1,
+            help="disk space (MiB) for build output not yet delivered to the controller "
+            "(during an outage); when it is full, builds' output waits",
+        ),
+    ] = 1024,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run a build agent that connects out to the controller (no subcommand)."""
@@ -53,6 +62,7 @@ def agent(
         executors=executors,
         workdir=workdir,
         keep_workspaces=keep_workspaces,
+        max_outbox_bytes=outbox_limit_mb * 1024 * 1024,
     )
 
     async def main() -> None:

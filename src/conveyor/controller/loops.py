@@ -21,7 +21,7 @@ class LoopRunner:
         self,
         name: str,
         step: Callable[[], Awaitable[object]],
-        interval: float,
+        interval: float | Callable[[], float],
         wakeups: Wakeups | None = None,
         channel: str | None = None,
     ) -> None:
@@ -61,10 +61,10 @@ class LoopRunner:
             except Exception:
                 failures += 1
                 log.exception("loop.failed", loop=self.name)
-            delay = self.interval
+            delay = self.interval() if callable(self.interval) else self.interval
             if failures:
                 # Back off with jitter while the store (or a bug) keeps failing.
-                delay = min(30.0, self.interval * 2 ** min(failures, 6)) * random.uniform(0.5, 1)
+                delay = min(30.0, delay * 2 ** min(failures, 6)) * random.uniform(0.5, 1)
             if event is not None and not failures:
                 await Wakeups.wait(event, delay)
             else:
