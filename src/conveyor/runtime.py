@@ -112,6 +112,7 @@ class Runtime:
     async def stop(self) -> None:
         for loop in self.loops:
             await loop.stop()
+        await self.builds.drain()
         try:
             await self.lease.release()
         except Exception:  # the store may be gone; the lease then simply expires

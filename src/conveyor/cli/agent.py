@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from conveyor import aio
 from conveyor.cli.client import ApiClient, fail
 from conveyor.cli.options import TokenOpt, UrlOpt
 
@@ -24,7 +25,10 @@ out = Console()
 def agent(
     ctx: typer.Context,
     url: Annotated[
-        str | None, typer.Option(help="load-balancer or controller URL, or a comma-separated list (env CONVEYOR_URL)")
+        str | None,
+        typer.Option(
+            help="load-balancer or controller URL, or a comma-separated list (env CONVEYOR_URL)"
+        ),
     ] = None,
     token: Annotated[str | None, typer.Option(help="token (env CONVEYOR_TOKEN)")] = None,
     name: Annotated[str | None, typer.Option(help="agent name (default: host name)")] = None,
@@ -72,7 +76,7 @@ def agent(
             loop.add_signal_handler(sig, runner.stop)
         await runner.run()
 
-    asyncio.run(main())
+    aio.run(main())
 
 
 @app.command("list")

@@ -16,6 +16,7 @@ from pathlib import Path
 import uvicorn
 from rich.console import Console
 
+from conveyor import aio
 from conveyor.api.app import create_app
 from conveyor.cli.config import write_cli_file
 from conveyor.logging import configure_logging
@@ -75,7 +76,7 @@ def run_server(settings: Settings) -> None:
             _announce(runtime, url)
         await task
 
-    asyncio.run(main())
+    aio.run(main())
 
 
 def _free_port(host: str, preferred: int) -> int:
@@ -121,7 +122,7 @@ def run_up(settings: Settings, agents: int, executors: int, load_examples: bool)
         await serving
         out.print("stopped.")
 
-    asyncio.run(main())
+    aio.run(main())
 
 
 def _spawn_agent(
@@ -149,7 +150,19 @@ def _spawn_agent(
         env=env,
         # Own process group: Ctrl-C reaches us, and we stop agents in order.
         start_new_session=True,
+        # If `conveyor up` itself is killed (SIGKILL), its agents must not live on.
+        preexec_fn=_die_with_parent,
     )
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:  # not Linux: Ctrl-C still stops agents in order
+        pass
 
 
 def _stop_agents(procs: list[subprocess.Popen[bytes]]) -> None:

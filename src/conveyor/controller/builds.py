@@ -7,6 +7,7 @@ the pipeline's retry policy allows, queues the retry as a new linked build.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 import structlog
@@ -47,6 +48,7 @@ class BuildService:
         self.blobs = blobs
         self.wakeups = wakeups
         self.clock = clock
+        self._background: set[asyncio.Task[None]] = set()
 
     async def trigger(
         self,
@@ -88,7 +90,7 @@ class BuildService:
         return build
 
     async def on_finished(self, build: BuildRecord) -> None:
-        """After a build ended (reported by its agent, or lost): retry, compact, wake."""
+        """After a build ended (reported by its agent, or lost): retry, wake, compact."""
         if build.state == BuildState.LOST and build.lost_retries > 0:
             # A lost agent says nothing about the code: this retry does not use up `retry`.
             await self._retry(build, lost_retries=build.lost_retries - 1, extra_attempt=1)
@@ -96,9 +98,25 @@ class BuildService:
             await self._retry(build, lost_retries=build.lost_retries, extra_attempt=0)
         elif build.state == BuildState.LOST:
             await self.store.fail_lost_build(build.id)
-        await self.compact_log(build.id)
+        # The freed executor matters more than the log's final resting place:
+        # wake the dispatcher first, compact off the answer's path (the reaper
+        # compacts whatever a crash left behind).
         self.wakeups.notify(build_channel(build.id))
         self.wakeups.notify(DISPATCH)
+        task = asyncio.create_task(self._compact_quietly(build.id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _compact_quietly(self, build_id: int) -> None:
+        try:
+            await self.compact_log(build_id)
+        except Exception as exc:  # retried by the reaper
+            log.warning("log.compaction_failed", build_id=build_id, error=repr(exc))
+
+    async def drain(self) -> None:
+        """Wait for background compactions (at shutdown)."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=10)
 
     async def compact_log(self, build_id: int) -> None:
         build = await self.store.get_build(build_id)

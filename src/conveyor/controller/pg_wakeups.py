@@ -85,44 +85,47 @@ class PgWakeups(Wakeups):
                 while not conn.is_closed():
                     await asyncio.sleep(2)
                     await conn.execute("SELECT 1", timeout=5)
-            except asyncio.CancelledError:
-                if conn is not None:
+            except Exception as exc:  # any failure: re-connect, and wake waiters meanwhile
+                log.warning("wakeups.listen_lost", error=repr(exc), retry_in=round(delay, 2))
+            finally:
+                if conn is not None and not conn.is_closed():
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.close(), 2)
-                raise
-            except Exception as exc:
-                log.warning("wakeups.listen_lost", error=repr(exc), retry_in=round(delay, 2))
             self.connected.clear()
             self.wake_everyone()
-            if conn is not None:
-                conn.terminate()
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(5.0, delay * 2)
 
     async def _send(self) -> None:
         conn: asyncpg.Connection | None = None
-        while True:
-            channel = await self._outgoing.get()
-            batch = {channel}
-            while not self._outgoing.empty() and len(batch) < 500:
-                batch.add(self._outgoing.get_nowait())
-            try:
-                if conn is None or conn.is_closed():
-                    conn = await asyncpg.connect(self.dsn, timeout=5)
-                    self._sender_pid = conn.get_server_pid()
-                await conn.executemany(
-                    f"SELECT pg_notify('{PG_CHANNEL}', $1)",
-                    [(c[:MAX_PAYLOAD],) for c in batch],
-                    timeout=5,
-                )
-            except asyncio.CancelledError:
-                if conn is not None:
-                    conn.terminate()
-                raise
-            except Exception as exc:
-                # Dropped hints are fine: waiters re-check the store on their timeouts.
-                log.warning("wakeups.notify_failed", error=repr(exc))
-                if conn is not None:
-                    conn.terminate()
-                conn = None
-                await asyncio.sleep(0.5)
+        try:
+            while True:
+                channel = await self._outgoing.get()
+                batch = {channel}
+                while not self._outgoing.empty() and len(batch) < 500:
+                    batch.add(self._outgoing.get_nowait())
+                try:
+                    if conn is None or conn.is_closed():
+                        conn = await asyncpg.connect(self.dsn, timeout=5)
+                        self._sender_pid = conn.get_server_pid()
+                    await conn.executemany(
+                        f"SELECT pg_notify('{PG_CHANNEL}', $1)",
+                        [(c[:MAX_PAYLOAD],) for c in batch],
+                        timeout=5,
+                    )
+                except (
+                    OSError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                    TimeoutError,
+                ) as exc:
+                    # Dropped hints are fine: waiters re-check the store on their timeouts.
+                    log.warning("wakeups.notify_failed", error=repr(exc))
+                    if conn is not None:
+                        conn.terminate()
+                    conn = None
+                    await asyncio.sleep(0.5)
+        finally:
+            if conn is not None and not conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 2)
