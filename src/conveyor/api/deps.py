@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Annotated
 
+import structlog
 from fastapi import Depends, Header, Request
 
 from conveyor.errors import Unauthorized
@@ -42,7 +43,7 @@ async def get_caller(
     hit = cache.get(digest)
     now = time.monotonic()
     if hit is not None and hit[0] > now:
-        return hit[1]
+        return _bound(hit[1])
     record = await runtime.store.find_token(digest)
     wall = runtime.clock()
     if (
@@ -53,6 +54,12 @@ async def get_caller(
         raise Unauthorized("invalid, expired or revoked token")
     caller = Caller(token_id=record.id, name=record.name, scope=record.scope)
     cache[digest] = (now + TOKEN_CACHE_SECONDS, caller)
+    return _bound(caller)
+
+
+def _bound(caller: Caller) -> Caller:
+    # Every log line of this request says who made it.
+    structlog.contextvars.bind_contextvars(user=caller.name)
     return caller
 
 

@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 from typing import Annotated
 
+import structlog
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -46,6 +47,10 @@ def agent(
         ),
     ] = 1024,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    log_format: Annotated[
+        str | None,
+        typer.Option(envvar="CONVEYOR_LOG_FORMAT", help="console (default) or json lines"),
+    ] = None,
 ) -> None:
     """Run a build agent that connects out to the controller (no subcommand)."""
     if ctx.invoked_subcommand is not None:
@@ -57,7 +62,10 @@ def agent(
     token = token or os.environ.get("CONVEYOR_TOKEN")
     if not url or not token:
         fail("an agent needs --url and --token (or CONVEYOR_URL and CONVEYOR_TOKEN)")
-    configure_logging(log_level)
+    if log_format not in (None, "console", "json"):
+        fail(f"--log-format must be console or json, not {log_format!r}")
+    configure_logging(log_level, log_format)
+    structlog.contextvars.bind_contextvars(agent=name or socket.gethostname())
     config = AgentConfig(
         url=url,
         token=token,

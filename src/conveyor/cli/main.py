@@ -26,6 +26,12 @@ app.command("lb-config")(lb.lb_config)
 HomeOpt = Annotated[
     Path, typer.Option(envvar="CONVEYOR_HOME", help="state folder (SQLite, blobs, tokens)")
 ]
+LogFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format", envvar="CONVEYOR_LOG_FORMAT", help="console (default) or json lines"
+    ),
+]
 DatabaseOpt = Annotated[
     str | None,
     typer.Option(
@@ -44,6 +50,14 @@ def _settings(**values: object) -> object:
         return Settings(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
         fail(str(exc))
+
+
+def _log_format(value: str | None) -> str | None:
+    from conveyor.cli.client import fail
+
+    if value is not None and value not in ("console", "json"):
+        fail(f"--log-format must be console or json, not {value!r}")
+    return value
 
 
 @app.command()
@@ -68,6 +82,7 @@ def server(
     ] = None,
     lease_ttl: Annotated[float, typer.Option(help="leader lease TTL, seconds")] = 5.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Run a controller: REST API, agent protocol, dispatcher."""
     from conveyor.cli.server import run_server
@@ -86,7 +101,7 @@ def server(
         lease_ttl=lease_ttl,
         log_level=log_level,
     )
-    run_server(settings)  # type: ignore[arg-type]
+    run_server(settings, _log_format(log_format))  # type: ignore[arg-type]
 
 
 @app.command()
@@ -97,12 +112,13 @@ def up(
     executors: Annotated[int, typer.Option(min=1, max=64, help="executors per agent")] = 2,
     examples: Annotated[bool, typer.Option(help="load the example jobs")] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "warning",
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Start Conveyor on this machine: a controller on SQLite plus local agents."""
     from conveyor.cli.server import run_up
 
     settings = _settings(home=home, port=port, log_level=log_level)
-    run_up(settings, agents, executors, examples)  # type: ignore[arg-type]
+    run_up(settings, agents, executors, examples, _log_format(log_format))  # type: ignore[arg-type]
 
 
 @app.command()

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Generator
 from pathlib import Path
 
+import structlog
 import uvicorn
 from rich.console import Console
 
@@ -61,9 +62,10 @@ def _announce(runtime: Runtime, url: str) -> None:
     out.print(f"Conveyor controller at [bold]{url}[/] (database {runtime.store.dialect})")
 
 
-def run_server(settings: Settings) -> None:
-    configure_logging(settings.log_level)
+def run_server(settings: Settings, log_format: str | None = None) -> None:
+    configure_logging(settings.log_level, log_format)
     runtime = Runtime.build(settings)
+    structlog.contextvars.bind_contextvars(controller=runtime.controller_id)
     app = create_app(runtime)
     url = settings.public_url or f"http://{settings.host}:{settings.port}"
 
@@ -89,10 +91,17 @@ def _free_port(host: str, preferred: int) -> int:
             return int(s.getsockname()[1])
 
 
-def run_up(settings: Settings, agents: int, executors: int, load_examples: bool) -> None:
-    configure_logging(settings.log_level)
+def run_up(
+    settings: Settings,
+    agents: int,
+    executors: int,
+    load_examples: bool,
+    log_format: str | None = None,
+) -> None:
+    configure_logging(settings.log_level, log_format)
     settings.port = _free_port(settings.host, settings.port)
     runtime = Runtime.build(settings)
+    structlog.contextvars.bind_contextvars(controller=runtime.controller_id)
     app = create_app(runtime)
     url = f"http://{settings.host}:{settings.port}"
 
