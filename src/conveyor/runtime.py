@@ -16,12 +16,15 @@ from conveyor.blobs import FolderBlobStore
 from conveyor.controller.builds import BuildService
 from conveyor.controller.clock import Clock, utcnow
 from conveyor.controller.dispatcher import Dispatcher
+from conveyor.controller.failures import FailureAnalyzer
 from conveyor.controller.leader import LeaderLease
 from conveyor.controller.loops import LoopRunner
 from conveyor.controller.membership import HEARTBEAT_SECONDS, ClusterMembership
+from conveyor.controller.notifications import Notifier
 from conveyor.controller.pg_wakeups import PgWakeups
 from conveyor.controller.reaper import Reaper
 from conveyor.controller.wakeups import DISPATCH, Wakeups
+from conveyor.metrics import Metrics, MetricsUpdater
 from conveyor.settings import Settings
 from conveyor.store import Store, open_store
 from conveyor.store.migrate import upgrade
@@ -52,6 +55,9 @@ class Runtime:
     dispatcher: Dispatcher
     reaper: Reaper
     membership: ClusterMembership
+    notifier: Notifier
+    metrics: Metrics
+    metrics_updater: MetricsUpdater
     loops: list[LoopRunner] = field(default_factory=list)
     first_admin_token: str | None = None
 
@@ -62,7 +68,10 @@ class Runtime:
         wakeups: Wakeups = PgWakeups(store.url) if store.dialect == "postgresql" else Wakeups()
         controller_id = settings.controller_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         lease = LeaderLease(store, controller_id, settings.lease_ttl, clock)
-        builds = BuildService(store, blobs, wakeups, clock)
+        metrics = Metrics(controller_id)
+        failures = FailureAnalyzer.load(settings.failure_patterns_file)
+        notifier = Notifier.from_settings(settings, store, clock)
+        builds = BuildService(store, blobs, wakeups, clock, metrics, failures, notifier)
         address = settings.public_url or f"http://{settings.host}:{settings.port}"
         membership = ClusterMembership(store, controller_id, address, settings.role, clock)
         return cls(
@@ -74,9 +83,14 @@ class Runtime:
             controller_id=controller_id,
             lease=lease,
             builds=builds,
-            dispatcher=Dispatcher(store, wakeups, lease, settings.dispatch_strategy, clock),
+            dispatcher=Dispatcher(
+                store, wakeups, lease, settings.dispatch_strategy, clock, metrics
+            ),
             reaper=Reaper(store, builds, lease, settings.agent_timeout, clock, membership),
             membership=membership,
+            notifier=notifier,
+            metrics=metrics,
+            metrics_updater=MetricsUpdater(metrics, store, lease, clock),
         )
 
     async def prepare(self) -> None:
@@ -105,6 +119,7 @@ class Runtime:
             LoopRunner("membership", self.membership.run_once, HEARTBEAT_SECONDS),
             LoopRunner("dispatcher", self.dispatcher.run_once, 1.0, self.wakeups, DISPATCH),
             LoopRunner("reaper", self.reaper.run_once, min(5.0, self.settings.agent_timeout / 3)),
+            LoopRunner("metrics", self.metrics_updater.run_once, MetricsUpdater.INTERVAL),
         ]
         for loop in self.loops:
             loop.start()
@@ -113,6 +128,7 @@ class Runtime:
         for loop in self.loops:
             await loop.stop()
         await self.builds.drain()
+        await self.notifier.close()
         try:
             await self.lease.release()
         except Exception:  # the store may be gone; the lease then simply expires

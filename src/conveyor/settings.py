@@ -33,7 +33,21 @@ class Settings(BaseSettings):
     lease_ttl: float = Field(default=5.0, gt=0)
     dispatch_strategy: Strategy = Strategy.LABEL_MATCH
     poll_timeout: float = Field(default=25.0, gt=0, description="agent long-poll hold, seconds")
+    notifications_file: Path | None = Field(
+        default=None, description="notifiers and global notification rules (YAML)"
+    )
     log_level: str = "info"
+    failure_patterns_file: Path | None = Field(
+        default=None,
+        description="YAML file of failure patterns tried before the shipped ones "
+        "(docs/failure-analysis.md)",
+    )
+    slow_request_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="log requests slower than this (request.slow); long-polls and streams "
+        "never count",
+    )
 
     def resolved_database_url(self) -> str:
         if self.database_url:

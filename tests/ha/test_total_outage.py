@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
+
+import httpx
 
 from tests.ha.conftest import Cluster, kill9
 from tests.harness import wait_until
@@ -38,8 +41,11 @@ def test_every_controller_down_for_20s(cluster: Cluster) -> None:
     for controller in cluster.controllers:
         controller.start()  # same port, home and database as before
     with cluster.client() as c:
+        # nginx may still count the restarted controllers as failed for a few seconds
+        # (max_fails/fail_timeout) and answer 502 meanwhile: wait until it routes again.
+        wait_until(lambda: _ok(c, "/readyz"), 60, what="nginx to route to a controller")
         done = wait_until(
-            lambda: (b := c.get(f"/api/v1/builds/{build['id']}").json())["result"] and b,
+            lambda: (b := _json(c, f"/api/v1/builds/{build['id']}")) and b["result"] and b,
             120,
             interval=0.5,
             what="the build's result",
@@ -54,3 +60,18 @@ def test_every_controller_down_for_20s(cluster: Cluster) -> None:
         ).text
     numbers = [int(n) for n in re.findall(r"^line (\d+)$", log, flags=re.MULTILINE)]
     assert numbers == list(range(1, LINES + 1))
+
+
+def _ok(client: httpx.Client, path: str) -> bool:
+    try:
+        return client.get(path).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _json(client: httpx.Client, path: str) -> dict[str, Any] | None:
+    try:
+        response = client.get(path)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 else None

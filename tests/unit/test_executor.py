@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
+from conveyor.agent import process
 from conveyor.agent.executor import BuildContext, BuildExecutor
 from conveyor.core.plan import BuildPlan, StagePlan, StepPlan
 from conveyor.core.states import BuildState, StepState
@@ -484,3 +486,47 @@ async def test_stage_timeout_is_retried_with_the_stage(ws: Path) -> None:
     # The step's own retries do not apply to a stage timeout; the stage's retry does.
     assert rep.finished("b1") == [(StepState.TIMED_OUT, None, 1), (StepState.TIMED_OUT, None, 2)]
     assert rep.text.count("==> stage 'build' timed out after 0.4s") == 2
+
+
+async def test_a_quick_double_forked_orphan_is_found_by_cookie_reading_only_new_processes(
+    ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step ends at once; its setsid'd grandchild was never seen as a descendant and
+    is not in the step's process group: the cookie finds it. Only processes started
+    since the step began have their environment read (the leftover scan stays cheap)."""
+    read: list[int] = []
+    real = process._environ_has
+
+    def spy(pid: int, entry: bytes) -> bool:
+        read.append(pid)
+        return real(pid, entry)
+
+    monkeypatch.setattr(process, "_environ_has", spy)
+    output: list[bytes] = []
+
+    async def sink(data: bytes) -> None:
+        output.append(data)
+
+    ws.mkdir()
+    script = "(setsid sleep 300 & echo $! > orphan.pids)"
+    proc = process.StepProcess(
+        ["/bin/sh", "-c", script],
+        cwd=ws,
+        env={"PATH": os.environ.get("PATH", os.defpath)},
+        output=sink,
+        kill_grace=2.0,
+    )
+    # Older than the slack on the start times: never read.
+    old = {
+        p.pid
+        for p in psutil.process_iter(["create_time"])
+        if p.info["create_time"] < time.time() - 1
+    }
+    await proc.start()
+    try:
+        assert await proc.wait() == 0
+    finally:
+        await proc.close()
+    [orphan] = read_pids(ws / "orphan.pids")
+    assert proc.leftovers == 1 and gone(orphan)
+    assert not set(read) & old  # older processes cannot carry the cookie: not read

@@ -48,6 +48,14 @@ class FakeController:
         self.offer: dict[str, Any] | None = None  # an assignment the next poll offers
         self.plan: dict[str, Any] | None = None  # ... and its plan, given on start
         self.down_after_start = False
+        self.events_route = True  # False: an older controller without POST .../events
+        self.bad_keys: set[str] = set()  # step events with these keys are refused (422)
+        self.batches: list[int] = []  # events per applied POST .../events
+        self.offers: list[dict[str, Any]] = []  # offered by the next poll, all at once
+        self.polls: list[dict[str, Any]] = []  # poll bodies
+        #: several builds at once: only record each one's requests (assignment -> kinds)
+        self.multi = False
+        self.per_build: dict[str, list[str]] = {}
         self._count = 0
 
     async def handler(self, request: httpx.Request) -> httpx.Response:
@@ -56,6 +64,11 @@ class FakeController:
             raise httpx.ConnectError("connection refused", request=request)
         if "/assignments/" not in path:
             return await self._agent_call(request)
+        if self.multi:
+            aid = path.split("/assignments/")[1].split("/")[0]
+            self.per_build.setdefault(aid, []).append(path.rsplit("/", 1)[1])
+            if not path.endswith("/start"):
+                return httpx.Response(200, json={})
         self.requests.append(path.rsplit("/", 1)[1])
         if path.endswith("/start"):
             return self._start()
@@ -74,6 +87,22 @@ class FakeController:
                 self.chunks[seq] = (offset, body)
                 self.log_size += len(body)
             answer = {"cancel": self.cancel}
+        elif kind == "events":
+            if not self.events_route:
+                return httpx.Response(404, json={"detail": "Not Found"})
+            events = json.loads(body)["events"]
+            if any(e.get("key") in self.bad_keys for e in events):
+                return httpx.Response(422, json={"detail": "events.0.key: refused"})
+            self.batches.append(len(events))
+            entries = []
+            for event in events:
+                event = dict(event)
+                name = "steps" if event.pop("kind") == "step" else "finish"
+                entries.append((name, event, self.log_size))
+            if self.applied[-len(entries) :] != entries:  # else: a resent batch, once
+                self.applied += entries
+        elif kind in ("steps", "finish") and json.loads(body).get("key") in self.bad_keys:
+            return httpx.Response(422, json={"detail": "key: refused"})
         elif kind == "artifacts":
             self.artifacts[request.url.params["path"]] = body
             self.applied.append(("artifact", {"path": request.url.params["path"]}, self.log_size))
@@ -92,6 +121,10 @@ class FakeController:
                 200, json={"agent_id": 1, "heartbeat_interval": 0.2, "poll_timeout": 0.2}
             )
         if path.endswith("/poll"):
+            self.polls.append(json.loads(await request.aread()))
+            if self.offers:
+                offers, self.offers = self.offers, []
+                return httpx.Response(200, json={"assignments": offers})
             if self.offer is not None:
                 offer, self.offer = self.offer, None
                 return httpx.Response(200, json={"assignments": [offer]})
@@ -151,11 +184,12 @@ async def eventually(predicate: Callable[[], object], bound: float = 10.0) -> No
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.parametrize("batch", [False, True])
 async def test_log_and_events_arrive_in_order_exactly_once(
-    tmp_path: Path, fake: FakeController, client: AgentClient
+    tmp_path: Path, fake: FakeController, client: AgentClient, batch: bool
 ) -> None:
     fake.lose_every = 3  # a third of the answers are lost after the request was applied
-    outbox = make(tmp_path / "outbox", client)
+    outbox = make(tmp_path / "outbox", client, batch_events=batch)
     await outbox.open()
     outbox.start()
     reporter = OutboxReporter(outbox)
@@ -530,3 +564,160 @@ async def test_an_agent_stopped_during_an_outage_leaves_the_outbox_to_the_next_o
         ("steps", "succeeded"),
         ("finish", "succeeded"),
     ]
+
+
+# ------------------------------------------------------------------ batched events
+
+
+async def test_ready_events_go_in_one_request_with_the_finish_last(
+    tmp_path: Path, fake: FakeController, client: AgentClient
+) -> None:
+    fake.down = True
+    outbox = make(tmp_path / "outbox", client, batch_events=True)
+    await outbox.open()
+    outbox.start()
+    await outbox.write(b"==> step\n")
+    await outbox.add_step("s1", StepState.RUNNING, None, 1)
+    await outbox.add_step("s1", StepState.SUCCEEDED, 0, 1)
+    await outbox.add_step("s2", StepState.SKIPPED, None, 0)
+    await outbox.finish("succeeded", None)
+    fake.down = False
+    assert await asyncio.wait_for(outbox.wait(), 10) is True
+    assert fake.requests == ["log", "events"] and fake.batches == [4]
+    assert [(kind, body.get("state"), size) for kind, body, size in fake.applied] == [
+        ("steps", "running", 9),
+        ("steps", "succeeded", 9),
+        ("steps", "skipped", 9),
+        ("finish", None, 9),
+    ]
+    assert fake.applied[-1][1] == {"result": "succeeded", "cause": None}
+    assert not (tmp_path / "outbox" / AID).exists()
+
+
+async def test_a_batch_stops_at_unsent_log_and_at_artifacts(
+    tmp_path: Path, fake: FakeController, client: AgentClient
+) -> None:
+    fake.down = True
+    outbox = make(tmp_path / "outbox", client, batch_events=True)
+    await outbox.open()
+    outbox.start()
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "a.txt").write_bytes(b"a")
+    await outbox.add_step("s1", StepState.RUNNING, None, 1)
+    await outbox.write(b"output\n")
+    await outbox.add_step("s1", StepState.SUCCEEDED, 0, 1)
+    await outbox.add_step("s2", StepState.RUNNING, None, 1)
+    await outbox.add_artifact("a.txt", workspace / "a.txt")
+    await outbox.add_step("s2", StepState.SUCCEEDED, 0, 1)
+    await outbox.finish("succeeded", None)
+    fake.down = False
+    assert await asyncio.wait_for(outbox.wait(), 10) is True
+    assert fake.requests == ["events", "log", "events", "artifacts", "events"]
+    assert fake.batches == [1, 2, 2]
+    assert [size for _, _, size in fake.applied] == [0, 7, 7, 7, 7, 7]
+    assert fake.artifacts == {"a.txt": b"a"}
+
+
+async def test_a_controller_without_the_batch_endpoint_gets_single_events(
+    tmp_path: Path, fake: FakeController, client: AgentClient
+) -> None:
+    fake.events_route = False
+    outbox = make(tmp_path / "outbox", client, batch_events=True)
+    await outbox.open()
+    outbox.start()
+    await outbox.add_step("s1", StepState.RUNNING, None, 1)
+    await outbox.add_step("s1", StepState.SUCCEEDED, 0, 1)
+    await outbox.finish("succeeded", None)
+    assert await asyncio.wait_for(outbox.wait(), 10) is True  # not rejected
+    assert fake.requests[0] == "events" and "events" not in fake.requests[1:]
+    assert [(kind, body.get("state")) for kind, body, _ in fake.events()] == [
+        ("steps", "running"),
+        ("steps", "succeeded"),
+        ("finish", None),
+    ]
+    assert not outbox.batch_events
+
+
+async def test_a_refused_batch_is_resent_event_by_event_skipping_the_bad_one(
+    tmp_path: Path, fake: FakeController, client: AgentClient
+) -> None:
+    fake.down = True
+    fake.bad_keys = {"bad"}
+    outbox = make(tmp_path / "outbox", client, batch_events=True)
+    await outbox.open()
+    outbox.start()
+    await outbox.add_step("s1", StepState.SUCCEEDED, 0, 1)
+    await outbox.add_step("bad", StepState.SUCCEEDED, 0, 1)
+    await outbox.add_step("s2", StepState.SUCCEEDED, 0, 1)
+    await outbox.finish("succeeded", None)
+    fake.down = False
+    with capture_logs() as logs:
+        assert await asyncio.wait_for(outbox.wait(), 10) is True
+    assert [body.get("key") for _, body, _ in fake.applied] == ["s1", "s2", None]
+    assert [e["event"] for e in logs if e["event"] == "outbox.event_refused"] == [
+        "outbox.event_refused"
+    ]
+    assert outbox.batch_events  # still batching: the endpoint exists
+
+
+async def test_a_lost_batch_answer_resends_the_same_batch(
+    tmp_path: Path, fake: FakeController, client: AgentClient
+) -> None:
+    outbox = make(tmp_path / "outbox", client, batch_events=True)
+    await outbox.open()
+    await outbox.add_step("s1", StepState.RUNNING, None, 1)
+    await outbox.add_step("s1", StepState.SUCCEEDED, 0, 1)
+    fake.lose_answers = True
+    outbox.start()
+    await eventually(lambda: len(fake.batches) >= 2)
+    fake.lose_answers = False
+    await outbox.finish("succeeded", None)
+    assert await asyncio.wait_for(outbox.wait(), 10) is True
+    assert fake.batches[:2] == [2, 2] and fake.batches[-1] == 1
+    assert [(k, b.get("state")) for k, b, _ in fake.applied[-3:]] == [
+        ("steps", "running"),
+        ("steps", "succeeded"),
+        ("finish", None),
+    ]
+
+
+# ------------------------------------------------------------------ the agent's slots
+
+
+async def test_assignments_beyond_the_free_executors_wait_on_the_agent(
+    tmp_path: Path, fake: FakeController, client: AgentClient
+) -> None:
+    """A poll asks to start only with a free executor; whatever comes beyond the free
+    executors (started or not) waits in the agent's queue: nothing is dropped."""
+    step = StepPlan(key="s1", stage="build", kind="sh", name="sh", script="sleep 0.3")
+    plan = BuildPlan(stages=[StagePlan(key="build", name="build", steps=[step])]).model_dump(
+        mode="json"
+    )
+    fake.plan = plan
+
+    def started(n: int) -> dict[str, Any]:
+        return {"assignment_id": f"a-{n}", "build_id": n, "job": "job", "number": n,
+                "parameters": {}, "plan": plan}  # fmt: skip
+
+    fake.multi = True
+    fake.offers = [started(1), started(2), {"assignment_id": "a-3", "build_id": 3}]
+    config = AgentConfig(url="http://controller", token="t", workdir=tmp_path / "w", executors=1)
+    agent = Agent(config, client)
+    runner = asyncio.create_task(agent.run())
+    try:
+        await eventually(lambda: len(fake.polls) >= 2)
+        assert fake.polls[0]["start"] is True
+        # One running, two queued: no start asked; all three reported as ours.
+        assert "start" not in fake.polls[1]
+        assert set(fake.polls[1]["running"]) == {"a-1", "a-2", "a-3"}
+        await eventually(lambda: agent.running == {}, bound=20)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(runner, 20)
+    # The started ones never called /start; the other did, when its turn came.
+    assert [r for r in fake.per_build["a-1"] if r == "start"] == []
+    assert [r for r in fake.per_build["a-2"] if r == "start"] == []
+    assert fake.per_build["a-3"][0] == "start"
+    for aid in ("a-1", "a-2", "a-3"):
+        assert fake.per_build[aid][-1] == "finish"

@@ -29,6 +29,15 @@ state writes, an artifact PUT replaces, finish is idempotent: re-sending the one
 request whose answer was lost is harmless. The finish event is last; once it is
 acknowledged the outbox directory is removed.
 
+Batching (``batch_events``, when the controller offers ``POST .../events``): all
+consecutive step and finish events that are ready (their log bytes acknowledged)
+go in one request, applied by the controller in one transaction, in order, the
+finish still last; they are acknowledged together (re-sending the batch is as
+harmless as re-sending each). A batch refused as a bad request (400/413/422) is
+sent again event by event, so that only the bad event is skipped; a controller
+without the endpoint (404 "Not Found" for the route itself) gets single events
+from then on.
+
 Durability: events are fsync'd when appended (after the log bytes before them);
 log output is gathered in memory and written + fsync'd to the spool every
 ``FLUSH_SECONDS`` or ``FLUSH_BYTES``, never per write. Only flushed bytes are sent.
@@ -83,6 +92,10 @@ MAX_BACKOFF = 2.0
 #: 4xx answers to an event that mean "this request is bad", not "not your build":
 #: the event is skipped (with a warning) instead of ending the outbox.
 _BAD_EVENT_STATUS = frozenset({400, 413, 422})
+#: Most events sent in one batch (the controller accepts up to 1000).
+MAX_BATCH_EVENTS = 500
+#: Event kinds that may go in a batch (an artifact is an upload of its own).
+_BATCHABLE = frozenset({"step", "finish"})
 
 STATE_FILE = "state.json"
 EVENTS_FILE = "events.jsonl"
@@ -143,6 +156,13 @@ class _Event:
 
 
 @dataclass
+class _Batch:
+    """Consecutive ready step/finish events, sent in one request."""
+
+    events: list[_Event]
+
+
+@dataclass
 class _Segment:
     start: int
     path: Path
@@ -196,6 +216,18 @@ def list_outboxes(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+class _Unbatch(Exception):
+    """A batch of events must be sent again one by one."""
+
+
+def _no_such_route(error: ProtocolError) -> bool:
+    """The controller does not know the endpoint at all (an older one), as opposed to
+    not knowing the assignment (its 404 names the assignment)."""
+    return error.status_code == 405 or (
+        error.status_code == 404 and error.detail.strip() == "Not Found"
+    )
+
+
 class _Rejected(Exception):
     def __init__(self, error: ProtocolError) -> None:
         super().__init__(str(error))
@@ -224,6 +256,7 @@ class BuildOutbox:
         max_backoff: float = MAX_BACKOFF,
         segment_bytes: int = SEGMENT_BYTES,
         meta: dict[str, Any] | None = None,
+        batch_events: bool = False,
     ) -> None:
         if not assignment_id or "/" in assignment_id or assignment_id.startswith("."):
             raise ValueError(f"invalid assignment id {assignment_id!r}")
@@ -235,6 +268,8 @@ class BuildOutbox:
         self.on_rejected = on_rejected
         self.max_backoff = max_backoff
         self.segment_bytes = segment_bytes
+        self.batch_events = batch_events
+        self._saved: tuple[Any, ...] | None = None  # the progress last persisted
         self._progress = _Progress(meta=dict(meta or {}))
         self._events: list[_Event] = []
         self._segments: list[_Segment] = []
@@ -479,6 +514,10 @@ class BuildOutbox:
             try:
                 item = await self._next_item()
                 await self._save_state(item if isinstance(item, _Chunk) else None)
+                if isinstance(item, _Batch):
+                    if await self._send_batch(item):
+                        return
+                    continue
                 answer = await self._send(item)
             except _Rejected as exc:
                 await self._reject(exc.error)
@@ -503,15 +542,55 @@ class BuildOutbox:
                     await self._complete()
                     return
 
-    async def _next_item(self) -> _Chunk | _Event:
-        """The next thing to deliver: an event once the log before it is acknowledged,
-        else the next log chunk (cut at the next event's offset); waits for one."""
+    async def _send_batch(self, batch: _Batch) -> bool:
+        """Deliver consecutive ready events in one request (one by one where the batch
+        is refused as a bad request, or not supported); True once the finish is
+        acknowledged (the outbox is complete)."""
+        try:
+            answer = await self._send(batch)
+        except _Unbatch:
+            for event in batch.events:
+                await self._save_state(None)
+                await self._send(event)
+                self._progress.events_acked += 1
+                if event.kind == "finish":
+                    await self._complete()
+                    return True
+            return False
+        self._progress.events_acked += len(batch.events)
+        if batch.events[-1].kind == "finish":
+            await self._complete()
+            return True
+        if isinstance(answer, dict) and answer.get("cancel") and self.on_cancel:
+            self.on_cancel()
+        return False
+
+    def _ready_batch(self) -> _Batch | None:
+        """The consecutive step/finish events whose log bytes are all acknowledged."""
+        p = self._progress
+        batch: list[_Event] = []
+        for event in self._events[p.events_acked : p.events_acked + MAX_BATCH_EVENTS]:
+            if event.kind not in _BATCHABLE or event.at > p.acked:
+                break
+            batch.append(event)
+            if event.kind == "finish":
+                break
+        return _Batch(batch) if batch else None
+
+    async def _next_item(self) -> _Chunk | _Event | _Batch:
+        """The next thing to deliver: an event once the log before it is acknowledged
+        (with the ready events after it, when batching), else the next log chunk (cut
+        at the next event's offset); waits for one."""
         while True:
             p = self._progress
             limit = self._flushed
             if p.events_acked < len(self._events):
                 event = self._events[p.events_acked]
                 if event.at <= p.acked:
+                    if self.batch_events and event.kind in _BATCHABLE:
+                        batch = self._ready_batch()
+                        assert batch is not None
+                        return batch
                     return event
                 limit = min(limit, event.at)
             if limit > p.acked:
@@ -523,7 +602,7 @@ class BuildOutbox:
             self._wake.clear()
             await self._wake.wait()
 
-    async def _send(self, item: _Chunk | _Event) -> Any:
+    async def _send(self, item: _Chunk | _Event | _Batch) -> Any:
         """Deliver one item, retrying network errors and 5xx with capped backoff."""
         base = f"/agent/v1/assignments/{self.assignment_id}"
         data = b""
@@ -541,6 +620,11 @@ class BuildOutbox:
                         content=data,
                         attempts=1,
                     )
+                elif isinstance(item, _Batch):
+                    events = [{"kind": e.kind, **e.body} for e in item.events]
+                    answer = await self.client.call(
+                        "POST", f"{base}/events", json={"events": events}, attempts=1
+                    )
                 elif item.kind == "step":
                     answer = await self.client.call(
                         "POST", f"{base}/steps", json=item.body, attempts=1
@@ -552,6 +636,17 @@ class BuildOutbox:
                 else:
                     answer = await self._upload(base, item)
             except ProtocolError as exc:
+                if isinstance(item, _Batch) and (
+                    exc.status_code in _BAD_EVENT_STATUS or _no_such_route(exc)
+                ):
+                    if _no_such_route(exc):
+                        log.info(
+                            "outbox.no_batch_endpoint",
+                            assignment=self.assignment_id,
+                            note="the controller has no .../events; sending events one by one",
+                        )
+                        self.batch_events = False
+                    raise _Unbatch from exc
                 if isinstance(item, _Event) and exc.status_code in _BAD_EVENT_STATUS:
                     log.warning(
                         "outbox.event_refused",
@@ -603,7 +698,11 @@ class BuildOutbox:
         self._progress.inflight = inflight
         state = self._progress.to_json()
         acked = self._progress.acked
+        key = (acked, self._progress.seq, self._progress.events_acked, state["inflight"])
+        if key == self._saved:
+            return  # nothing changed since it was last persisted
         await asyncio.to_thread(self._write_state_sync, state)
+        self._saved = key
         while len(self._segments) > 1 and self._segments[1].start <= acked:
             segment = self._segments.pop(0)
             await asyncio.to_thread(segment.path.unlink, True)

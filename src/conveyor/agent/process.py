@@ -11,6 +11,11 @@ process that belongs to a step is found by any of:
 
 When the step ends (normally, by timeout or by cancellation) whatever is still
 alive gets SIGTERM, then SIGKILL after a grace period.
+
+Finding them walks the host's process table at every step end, so it is kept
+cheap (on Linux): ``/proc/PID/stat`` gives each process's group and start time,
+and only a process started after the step started can carry its cookie, so only
+those have their environment read. Elsewhere psutil walks every process.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -33,10 +40,14 @@ READ_SIZE = 64 * 1024
 #: A partial line is flushed once it is this old (seconds) or this large (bytes).
 FLUSH_DELAY = 0.1
 MAX_PENDING = 64 * 1024
-#: How often descendants are polled while the step runs.
+#: How often descendants are polled while the step runs (the first time after
+#: TRACK_FIRST: a step that ends sooner costs no walk of the process table).
 TRACK_INTERVAL = 0.5
+TRACK_FIRST = 0.05
 #: How long to wait for the output pipe to reach EOF once every process is gone.
 DRAIN_TIMEOUT = 2.0
+#: Slack (clock ticks) when comparing process start times with the step's start.
+START_SLACK_TICKS = 10
 
 OutputSink = Callable[[bytes], Awaitable[None]]
 
@@ -93,6 +104,66 @@ async def pump_output(
             read_task.cancel()
 
 
+_PROC = "/proc"
+_HAS_PROC = os.path.isdir(_PROC)
+_ticks_offset: float | None = None
+
+
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (field 3 is index 0)."""
+    try:
+        with open(f"{_PROC}/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    return data[data.rfind(b")") + 2 :].decode("ascii", "replace").split()
+
+
+def _probe_start(found: list[int]) -> None:
+    """Run in a new thread: record its own start time (kernel clock ticks)."""
+    fields = _stat_fields(f"self/task/{threading.get_native_id()}")
+    if fields is not None and len(fields) > 19:
+        found.append(int(fields[19]))
+
+
+def _kernel_ticks_now() -> float | None:
+    """Now, on the clock of the start times in /proc/PID/stat (clock ticks since boot),
+    calibrated once against a thread started for the purpose (the kernel's own clock
+    for process start times, whatever it is on this kernel)."""
+    global _ticks_offset
+    hz = os.sysconf("SC_CLK_TCK")
+    if _ticks_offset is None:
+        best: tuple[float, float] | None = None  # (uncertainty, offset)
+        for _ in range(3):
+            found: list[int] = []
+            thread = threading.Thread(target=_probe_start, args=(found,), name="proc-clock")
+            before = time.clock_gettime(time.CLOCK_BOOTTIME) * hz
+            thread.start()
+            after = time.clock_gettime(time.CLOCK_BOOTTIME) * hz
+            thread.join()
+            if not found:
+                return None
+            # The thread started between before and after: taking "after" errs on
+            # the side of scanning a few more processes, never fewer.
+            candidate = (after - before, found[0] - after)
+            if best is None or candidate < best:
+                best = candidate
+            if after - before < 1:
+                break
+        assert best is not None
+        _ticks_offset = best[1]
+    return time.clock_gettime(time.CLOCK_BOOTTIME) * hz + _ticks_offset
+
+
+def _environ_has(pid: int, entry: bytes) -> bool:
+    try:
+        with open(f"{_PROC}/{pid}/environ", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return False
+    return entry in data.split(b"\0")
+
+
 def _alive(proc: psutil.Process) -> bool:
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
@@ -131,6 +202,8 @@ class StepProcess:
         self._pump: asyncio.Task[None] | None = None
         self._tracker: asyncio.Task[None] | None = None
         self._known: dict[int, psutil.Process] = {}
+        #: Processes started before this (kernel clock ticks) cannot carry the cookie.
+        self._since_ticks: float | None = None
 
     @property
     def pid(self) -> int | None:
@@ -138,6 +211,8 @@ class StepProcess:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        now = _kernel_ticks_now() if _HAS_PROC else None
+        self._since_ticks = None if now is None else now - START_SLACK_TICKS
         read_fd, write_fd = os.pipe()
         try:
             try:
@@ -166,6 +241,7 @@ class StepProcess:
 
     async def _track(self) -> None:
         assert self._proc is not None
+        await asyncio.sleep(TRACK_FIRST)
         while self._proc.returncode is None:
             self._remember_descendants()
             await asyncio.sleep(TRACK_INTERVAL)
@@ -190,6 +266,12 @@ class StepProcess:
                 found[proc.pid] = proc
         me = os.getpid()
         pgid = self._proc.pid
+        if self._since_ticks is not None:
+            try:
+                self._scan_proc(found, me, pgid, self._since_ticks)
+                return list(found.values())
+            except OSError:
+                pass  # /proc unreadable: the portable, slower way below
         for proc in psutil.process_iter():
             if proc.pid in (me, pgid) or proc.pid in found:
                 continue
@@ -202,6 +284,35 @@ class StepProcess:
             if mine and _alive(proc):
                 found[proc.pid] = proc
         return list(found.values())
+
+    def _scan_proc(
+        self, found: dict[int, psutil.Process], me: int, pgid: int, since: float
+    ) -> None:
+        """find_processes() on Linux: group from /proc/PID/stat; the environment only of
+        processes started since the step (those that may carry the cookie)."""
+        cookie = f"{COOKIE_VAR}={self.cookie}".encode()
+        with os.scandir(_PROC) as entries:
+            for entry in entries:
+                name = entry.name
+                if not name.isdigit():
+                    continue
+                pid = int(name)
+                if pid in (me, pgid) or pid in found:
+                    continue
+                fields = _stat_fields(pid)
+                if fields is None or len(fields) < 20:
+                    continue
+                mine = int(fields[2]) == pgid
+                if not mine and int(fields[19]) >= since:
+                    mine = _environ_has(pid, cookie)
+                if not mine:
+                    continue
+                try:
+                    proc = psutil.Process(pid)
+                except psutil.Error:
+                    continue
+                if _alive(proc):
+                    found[pid] = proc
 
     def _signal_all(self, procs: Iterable[psutil.Process], sig: int) -> None:
         assert self._proc is not None

@@ -7,8 +7,16 @@ own workspace; N executors run N builds at once.
 What a build reports goes to its durable outbox on the agent's disk
 (:mod:`conveyor.agent.outbox`) and is delivered from there, so a build goes on
 while no controller is reachable. The workspace is removed once the outbox is
-delivered (an artifact may still be read from it). Outboxes left behind by an
-earlier agent process are delivered when the agent starts."""
+delivered (an artifact may still be read from it), in the background: the
+build stops counting against the agent once its finish is acknowledged.
+Outboxes left behind by an earlier agent process are delivered when the agent
+starts.
+
+When it has a free executor the agent polls with ``"start": true``: the
+controller starts the offered builds in the same request (no ``/start`` round
+trip). An assignment received while every executor is busy (the controller
+counted an executor free a moment before the agent did) waits in a local queue
+and runs when one frees, instead of being dropped and offered again."""
 
 from __future__ import annotations
 
@@ -17,8 +25,11 @@ import contextlib
 import re
 import shutil
 import socket
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import structlog
@@ -75,8 +86,15 @@ class Agent:
         )
         self.outbox_budget = OutboxBudget(config.max_outbox_bytes)
         #: assignment id -> its executor while the build runs, None before it
-        #: starts and while its outbox is delivered (the controller still counts it).
+        #: starts (queued) and while its outbox is delivered: every build the
+        #: controller counts against this agent, until its finish is acknowledged.
         self.running: dict[str, BuildExecutor | None] = {}
+        #: Assignments received, waiting for an executor: (id, the start answer when
+        #: the poll started it already, else None: /start is called when it runs).
+        self._queue: deque[tuple[str, dict[str, Any] | None]] = deque()
+        self._executing = 0  # builds holding an executor (taken off the queue, not done)
+        #: Whether the controller told, at registration, that it supports the fast paths.
+        self.features: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._cancelled: set[str] = set()
@@ -97,6 +115,7 @@ class Agent:
         )
         self.client.agent_id = self.delivery_client.agent_id = int(answer["agent_id"])
         self.heartbeat_interval = float(answer.get("heartbeat_interval", 3.0))
+        self.features = set(answer.get("features") or [])
         self.poll_timeout = float(answer.get("poll_timeout", 25.0))
         log.info("agent.registered", name=self.config.name, agent_id=self.client.agent_id)
         return self.client.agent_id
@@ -120,6 +139,9 @@ class Agent:
                 await task
         for aid in list(self.running):
             self._cancel(aid)
+        # Builds still queued were given to this agent: they run now, cancelled at
+        # once (only their post steps run), and are reported like the others.
+        self._run_queued(force=True)
         # Post steps (cancelled, always) get a short while; then they are cut short.
         if not await self._executors_done(self.config.kill_grace + 5):
             for executor in self.running.values():
@@ -143,7 +165,7 @@ class Agent:
         outbox delivery, which may wait for an unreachable controller)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while any(aid not in self._delivering for aid in self.running):
+        while self._executing or any(aid not in self._delivering for aid in self.running):
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(0.1)
@@ -171,17 +193,25 @@ class Agent:
             except Exception as exc:
                 log.warning("agent.heartbeat_failed", error=str(exc))
 
+    @property
+    def free_executors(self) -> int:
+        return self.config.executors - self._executing - len(self._queue)
+
     async def _poll_loop(self) -> None:
         while True:
+            body: dict[str, Any] = {
+                "running": list(self.running),
+                "cancelling": list(self._cancelled),
+                "wait": self.poll_timeout,
+            }
+            if self.free_executors > 0:
+                # Only when it can run them at once: they are started by this request.
+                body["start"] = True
             try:
                 answer = await self.client.call(
                     "POST",
                     f"/agent/v1/agents/{self.client.agent_id}/poll",
-                    json={
-                        "running": list(self.running),
-                        "cancelling": list(self._cancelled),
-                        "wait": self.poll_timeout,
-                    },
+                    json=body,
                     timeout=self.poll_timeout + 15,
                 )
             except ProtocolError as exc:
@@ -191,23 +221,59 @@ class Agent:
                 else:
                     await asyncio.sleep(2)
                 continue
-            for item in answer.get("assignments", []):
-                aid = item["assignment_id"]
-                if aid in self.running:
-                    continue
-                if len(self.running) >= self.config.executors:
-                    log.warning("agent.over_assigned", assignment=aid)
-                    continue
-                self.running[aid] = None
-                task = asyncio.create_task(self._run_assignment(aid), name=f"build:{aid}")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            self._abort(answer.get("cancel", []))
+            self._accept(answer.get("assignments", []))
+            for aid in answer.get("cancel", []):
+                self._cancel(aid)
             self._abort(answer.get("abort", []))
 
+    def _accept(self, assignments: list[dict[str, Any]]) -> None:
+        """Take offered assignments: run them, or queue them until an executor frees
+        (never drop one: it may have been started for us already)."""
+        for item in assignments:
+            aid = item["assignment_id"]
+            if aid in self.running:
+                continue
+            started = item if item.get("plan") is not None else None
+            if self.free_executors <= 0:
+                log.info("agent.assignment_queued", assignment=aid, started=started is not None)
+            self.running[aid] = None
+            self._queue.append((aid, started))
+        self._run_queued()
+
+    def _run_queued(self, force: bool = False) -> None:
+        """Start queued builds while executors are free; ``force`` (stopping): start
+        every build the controller started for us (to report it cancelled) and leave
+        the others assigned (a later agent process gets them again)."""
+        while self._queue and (force or self._executing < self.config.executors):
+            aid, started = self._queue.popleft()
+            if force and started is None:
+                self._forget(aid)
+                continue
+            self._executing += 1
+            task = asyncio.create_task(self._run_assignment(aid, started), name=f"build:{aid}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _executor_freed(self) -> None:
+        self._executing -= 1
+        if not self._stopping.is_set():
+            self._run_queued()
+
     def _abort(self, assignment_ids: list[str]) -> None:
+        """The controller no longer counts these as ours: stop them, forget queued ones."""
         for aid in assignment_ids:
-            self._cancel(aid)
+            queued = [entry for entry in self._queue if entry[0] == aid]
+            if queued:
+                self._queue.remove(queued[0])
+                self._forget(aid)
+                log.info("agent.queued_assignment_dropped", assignment=aid)
+            else:
+                self._cancel(aid)
+
+    def _forget(self, aid: str) -> None:
+        self.running.pop(aid, None)
+        self._cancelled.discard(aid)
+        self._delivering.discard(aid)
 
     def _cancel(self, aid: str) -> None:
         """Cancel once: a second cancel() would also cut the post steps short."""
@@ -216,25 +282,37 @@ class Agent:
             # polls so that the controller does not ask again and again.
             self._cancelled.add(aid)
             return
+        if aid not in self.running or aid in self._cancelled:
+            return
+        self._cancelled.add(aid)
         executor = self.running.get(aid)
-        if executor is not None and aid not in self._cancelled:
-            self._cancelled.add(aid)
+        if executor is not None:
             executor.cancel()
+        # else: not started yet; cancelled as soon as its executor exists.
 
-    async def _run_assignment(self, aid: str) -> None:
+    async def _run_assignment(self, aid: str, started: dict[str, Any] | None = None) -> None:
+        freed = False
+
+        def free() -> None:
+            nonlocal freed
+            if not freed:
+                freed = True
+                self._executor_freed()
+
         try:
-            await self._execute(aid)
+            await self._execute(aid, started, free)
         except ProtocolError as exc:
             log.warning("agent.assignment_refused", assignment=aid, error=str(exc))
         except Exception:
             log.exception("agent.assignment_crashed", assignment=aid)
         finally:
-            self.running.pop(aid, None)
-            self._cancelled.discard(aid)
-            self._delivering.discard(aid)
+            self._forget(aid)
+            free()
 
-    async def _execute(self, aid: str) -> None:
-        start = await self.client.call("POST", f"/agent/v1/assignments/{aid}/start")
+    async def _execute(
+        self, aid: str, started: dict[str, Any] | None, free: Callable[[], None]
+    ) -> None:
+        start = started or await self.client.call("POST", f"/agent/v1/assignments/{aid}/start")
         plan = BuildPlan.model_validate(start["plan"])
         build_id = int(start["build_id"])
         workspace = self.config.workdir / "workspace" / f"{_slug(start['job'])}-{build_id}"
@@ -257,11 +335,13 @@ class Agent:
         outbox = self._outbox(
             aid, meta={"build_id": build_id, "workspace": str(workspace.resolve())}
         )
-        await outbox.open()
+        await self._open_outbox(aid, outbox)
         outbox.start()
         try:
             executor = BuildExecutor(ctx, OutboxReporter(outbox))
             self.running[aid] = executor
+            if aid in self._cancelled:  # cancelled (or the agent stopping) before it ran
+                executor.cancel()
             log.info("build.started", build_id=build_id, job=start["job"], number=start["number"])
             cause: str | None = None
             try:
@@ -274,10 +354,30 @@ class Agent:
             await outbox.finish(result.value, cause)
             self._delivering.add(aid)
             self.running[aid] = None
+            free()  # the executor is done: a queued build may run
             log.info("build.finished", build_id=build_id, result=result.value)
-            await self._deliver(outbox, workspace)
+            await self._deliver(aid, outbox, workspace)
         finally:
             await outbox.close()
+
+    async def _open_outbox(self, aid: str, outbox: BuildOutbox) -> None:
+        """Open a started build's outbox, retrying a disk error a few times; if it
+        cannot be opened the build is reported failed directly (nothing ran), so that it
+        does not stay running on the controller."""
+        for attempt in range(3):
+            try:
+                await outbox.open()
+                return
+            except OSError as exc:
+                log.warning("agent.outbox_open_failed", assignment=aid, error=str(exc))
+                if attempt == 2:
+                    await self.delivery_client.call(
+                        "POST",
+                        f"/agent/v1/assignments/{aid}/finish",
+                        json={"result": "failed", "cause": f"agent error: {exc}"},
+                    )
+                    raise
+                await asyncio.sleep(0.5)
 
     def _outbox(self, aid: str, meta: dict[str, object] | None = None) -> BuildOutbox:
         return BuildOutbox(
@@ -288,17 +388,24 @@ class Agent:
             on_cancel=lambda: self._cancel(aid),
             on_rejected=lambda: self._cancel(aid),
             meta=meta,
+            batch_events="events" in self.features,
         )
 
-    async def _deliver(self, outbox: BuildOutbox, workspace: Path | None) -> None:
-        """Wait for the outbox to be delivered (or refused), then drop the workspace."""
+    async def _deliver(self, aid: str, outbox: BuildOutbox, workspace: Path | None) -> None:
+        """Wait for the outbox to be delivered (or refused); then the build no longer
+        counts against this agent, and its workspace is removed in the background."""
         delivered = await outbox.wait()
         if delivered is None:
             return  # closed: the agent is stopping; the next process delivers it
         if delivered:
             log.info("build.delivered", assignment=outbox.assignment_id)
+        self._forget(aid)
         if workspace is not None and not self.config.keep_workspaces:
-            await asyncio.to_thread(shutil.rmtree, workspace, True)
+            task = asyncio.create_task(
+                asyncio.to_thread(shutil.rmtree, workspace, True), name=f"rmtree:{aid}"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _resume_outboxes(self) -> None:
         """Deliver the outboxes an earlier agent process left behind. Their builds are
@@ -322,14 +429,12 @@ class Agent:
                 await outbox.finish(BuildState.FAILED.value, INTERRUPTED_CAUSE)
             outbox.start()
             workspace = outbox.meta.get("workspace")
-            await self._deliver(outbox, Path(workspace) if workspace else None)
+            await self._deliver(aid, outbox, Path(workspace) if workspace else None)
         except Exception:
             log.exception("agent.outbox_resume_failed", assignment=aid)
         finally:
             await outbox.close()
-            self.running.pop(aid, None)
-            self._cancelled.discard(aid)
-            self._delivering.discard(aid)
+            self._forget(aid)
 
 
 def _system_metrics(workdir: Path) -> dict[str, object]:

@@ -2,7 +2,12 @@
 
 Agents register, heartbeat, long-poll for assignments, start a build by its
 assignment id, send sequenced log chunks (re-sending is harmless), step
-results, artifacts and the final result (idempotent)."""
+results, artifacts and the final result (idempotent).
+
+Fast paths (additions; the one-request-per-thing endpoints stay): a poll that says
+``"start": true`` gets its assignments already started, with what ``/start``
+answers; ``POST …/events`` carries several step results (and the finish, last) in
+one request and one transaction."""
 
 from __future__ import annotations
 
@@ -11,18 +16,22 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from conveyor.api.deps import CallerDep, RuntimeDep
 from conveyor.api.routes_builds import guess_type
 from conveyor.controller.wakeups import DISPATCH, Wakeups, agent_channel, build_channel
 from conveyor.core.labels import is_valid_label
-from conveyor.core.states import AGENT_RESULTS, BuildState, StepState
+from conveyor.core.states import ACTIVE_STATES, AGENT_RESULTS, BuildState, StepState
 from conveyor.errors import InvalidInput
 
 router = APIRouter(prefix="/agent/v1", tags=["agent protocol"])
 
 MAX_LOG_CHUNK = 4 * 1024 * 1024
+#: Most events one ``POST …/events`` may carry.
+MAX_EVENTS = 1000
+#: What this controller supports beyond the base protocol (told at registration).
+FEATURES = ["poll_start", "events"]
 AgentIdHeader = Annotated[int, Header(alias="X-Agent-Id")]
 
 
@@ -37,6 +46,7 @@ class RegisterOut(BaseModel):
     agent_id: int
     heartbeat_interval: float
     poll_timeout: float
+    features: list[str] = Field(default_factory=lambda: list(FEATURES))
 
 
 class HeartbeatIn(BaseModel):
@@ -52,11 +62,20 @@ class PollIn(BaseModel):
         default_factory=list, description="running assignments already being cancelled"
     )
     wait: float = Field(default=25.0, ge=0, le=120)
+    start: bool = Field(
+        default=False,
+        description="start the offered assignments now and answer with what /start answers",
+    )
 
 
 class AssignmentOut(BaseModel):
     assignment_id: str
     build_id: int
+    # Set only when the poll asked to start (the build is running already):
+    job: str | None = None
+    number: int | None = None
+    parameters: dict[str, str] | None = None
+    plan: dict[str, Any] | None = None
 
 
 class InboxOut(BaseModel):
@@ -83,6 +102,27 @@ class StepIn(BaseModel):
 class FinishIn(BaseModel):
     result: Literal["succeeded", "failed", "cancelled", "timed_out"]
     cause: str | None = Field(default=None, max_length=2000)
+
+
+class StepEventIn(StepIn):
+    kind: Literal["step"]
+
+
+class FinishEventIn(FinishIn):
+    kind: Literal["finish"]
+
+
+class EventsIn(BaseModel):
+    events: list[Annotated[StepEventIn | FinishEventIn, Field(discriminator="kind")]] = Field(
+        min_length=1, max_length=MAX_EVENTS
+    )
+
+    @model_validator(mode="after")
+    def _finish_last(self) -> EventsIn:
+        for event in self.events[:-1]:
+            if isinstance(event, FinishEventIn):
+                raise ValueError("a finish event must be the last one")
+        return self
 
 
 class AckOut(BaseModel):
@@ -122,32 +162,41 @@ async def heartbeat(
         metrics=body.metrics or {},
     )
     if came_back:
+        # Offline until now (reaped): the dispatcher may use it again.
         runtime.wakeups.notify(DISPATCH)
     return InboxOut(abort=await _aborts(runtime, agent_id, body.running))
 
 
-@router.post("/agents/{agent_id}/poll")
+@router.post("/agents/{agent_id}/poll", response_model_exclude_none=True)
 async def poll(
     agent_id: int, body: PollIn, request: Request, runtime: RuntimeDep, _: CallerDep
 ) -> InboxOut:
-    """Hold until the agent has something to do (new assignment, cancel) or ``wait`` ends."""
+    """Hold until the agent has something to do (new assignment, cancel) or ``wait`` ends.
+
+    A poll writes nothing unless it starts builds: liveness is the heartbeat's job
+    (it also marks an agent that comes back online and wakes the dispatcher)."""
     deadline = time.monotonic() + min(body.wait, runtime.settings.poll_timeout)
-    if await runtime.store.touch_agent(agent_id, runtime.clock()):
-        runtime.wakeups.notify(DISPATCH)
     running = set(body.running)
     to_cancel = running - set(body.cancelling)
     aborts = await _aborts(runtime, agent_id, body.running)
     while True:
         waiter = runtime.wakeups.waiter(agent_channel(agent_id))
-        inbox = await runtime.store.agent_inbox(agent_id)
+        inbox = await runtime.store.poll_inbox(agent_id, with_running=body.start)
         out = InboxOut(abort=aborts)
-        for item in inbox:
-            if item.cancel and item.assignment_id in to_cancel:
-                out.cancel.append(item.assignment_id)
-            elif item.assignment_id not in running and not item.cancel:
-                out.assignments.append(
-                    AssignmentOut(assignment_id=item.assignment_id, build_id=item.build_id)
-                )
+        offered: list[str] = []
+        for item, state in inbox:
+            aid = item.assignment_id
+            if aid in running:
+                if item.cancel and aid in to_cancel:
+                    out.cancel.append(aid)
+            elif state == BuildState.ASSIGNED.value or (
+                # Started by an earlier poll whose answer the agent did not get.
+                body.start and state == BuildState.RUNNING.value
+            ):
+                offered.append(aid)
+                out.assignments.append(AssignmentOut(assignment_id=aid, build_id=item.build_id))
+        if offered and body.start:
+            out.assignments = await _start_offered(runtime, agent_id, offered)
         remaining = deadline - time.monotonic()
         if out.assignments or out.cancel or out.abort or remaining <= 0:
             return out
@@ -158,6 +207,27 @@ async def poll(
                 break
             if await request.is_disconnected():
                 return out
+
+
+async def _start_offered(
+    runtime: Any, agent_id: int, assignment_ids: list[str]
+) -> list[AssignmentOut]:
+    """Start the offered assignments in one transaction; those that could not start
+    (cancelled meanwhile) are left out: the agent must not run them."""
+    started = await runtime.store.start_assignments(agent_id, assignment_ids, runtime.clock())
+    for build in started:
+        runtime.wakeups.notify(build_channel(build.id))
+    return [
+        AssignmentOut(
+            assignment_id=build.assignment_id,
+            build_id=build.id,
+            job=build.job_name,
+            number=build.number,
+            parameters=build.parameters,
+            plan=build.plan,
+        )
+        for build in started
+    ]
 
 
 @router.post("/assignments/{assignment_id}/start")
@@ -253,6 +323,32 @@ async def finish(
     if changed:
         await runtime.builds.on_finished(build)
     return AckOut()
+
+
+@router.post("/assignments/{assignment_id}/events")
+async def events(
+    assignment_id: str, body: EventsIn, agent_id: AgentIdHeader, runtime: RuntimeDep, _: CallerDep
+) -> AckOut:
+    """Several step results, and optionally the finish as the last one, in one
+    transaction: the same effect as ``/steps`` for each, then ``/finish``."""
+    steps = [
+        (e.key, e.state, e.exit_code, e.attempt) for e in body.events if isinstance(e, StepEventIn)
+    ]
+    last = body.events[-1]
+    finish = None
+    if isinstance(last, FinishEventIn):
+        result = BuildState(last.result)
+        assert result in AGENT_RESULTS
+        finish = (result, last.cause)
+    build, changed = await runtime.store.apply_agent_events(
+        assignment_id, agent_id, steps, finish, runtime.clock()
+    )
+    if changed:
+        await runtime.builds.on_finished(build)
+    else:
+        runtime.wakeups.notify(build_channel(build.id))
+    cancel = finish is None and build.cancel_requested and build.state in ACTIVE_STATES
+    return AckOut(cancel=cancel)
 
 
 def normalise_artifact_path(path: str) -> str:

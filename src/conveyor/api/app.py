@@ -16,9 +16,15 @@ from conveyor.api import (
     routes_cluster,
     routes_health,
     routes_jobs,
+    routes_metrics,
+    routes_notifications,
 )
 from conveyor.api.errors import install_error_handlers, problem
+from conveyor.api.middleware import RequestMiddleware
 from conveyor.runtime import Runtime
+
+#: What a standby controller answers before it leads.
+STANDBY_PATHS = frozenset({"/healthz", "/metrics", "/prometheus"})
 
 
 def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
@@ -46,18 +52,28 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
         @app.middleware("http")
         async def standby_gate(request: Request, call_next: Any) -> Any:
             # For load balancers that switch active/standby: until this controller
-            # leads, it answers only its liveness probe.
-            if request.url.path != "/healthz" and not runtime.lease.is_leader:
+            # leads, it answers only its liveness probe (and its metrics, so that
+            # Prometheus does not see a healthy standby as down).
+            if request.url.path not in STANDBY_PATHS and not runtime.lease.is_leader:
                 return problem(
                     503, "Standby", "this controller is a standby; it serves once it leads"
                 )
             return await call_next(request)
 
+    # Added last, so outermost: standby refusals get a request id and are measured too.
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=runtime.metrics,
+        controller_id=runtime.controller_id,
+        slow_seconds=runtime.settings.slow_request_seconds,
+    )
     app.include_router(routes_health.router)
+    app.include_router(routes_metrics.router)
     # Build routes first: /api/v1/jobs/{name:path}/builds must win over /jobs/{name:path}.
     app.include_router(routes_builds.router)
     app.include_router(routes_jobs.router)
     app.include_router(routes_agents.router)
     app.include_router(routes_cluster.router)
+    app.include_router(routes_notifications.router)
     app.include_router(agent_protocol.router)
     return app

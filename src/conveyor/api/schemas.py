@@ -120,6 +120,11 @@ class BuildOut(BaseModel):
     retry_of: int | None
     agent_id: int | None
     cause: str | None
+    failure_category: str | None = Field(
+        default=None,
+        description="why a failed build failed (failure analysis), e.g. compile, test, "
+        "out_of_memory, timeout, agent_lost; null until analysed",
+    )
     cancel_requested: bool
     queued_at: datetime
     assigned_at: datetime | None
@@ -154,6 +159,7 @@ class BuildOut(BaseModel):
             retry_of=b.retry_of,
             agent_id=b.agent_id,
             cause=b.cause,
+            failure_category=b.failure_category,
             cancel_requested=b.cancel_requested,
             queued_at=b.queued_at,
             assigned_at=b.assigned_at,

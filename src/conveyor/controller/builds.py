@@ -14,11 +14,14 @@ import structlog
 
 from conveyor.blobs import FolderBlobStore
 from conveyor.controller.clock import Clock
+from conveyor.controller.failures import FailureAnalyzer
+from conveyor.controller.notifications import Notifier
 from conveyor.controller.wakeups import DISPATCH, Wakeups, agent_channel, build_channel
 from conveyor.core.pipeline import ParameterError, parse_pipeline, plan_build
 from conveyor.core.plan import BuildPlan
 from conveyor.core.states import BuildState
 from conveyor.errors import InvalidInput
+from conveyor.metrics import Metrics
 from conveyor.store import Store
 from conveyor.store.records import BuildRecord
 from conveyor.store.store import NewBuild, NewStep
@@ -42,9 +45,19 @@ def plan_steps(plan: BuildPlan) -> list[NewStep]:
 
 class BuildService:
     def __init__(
-        self, store: Store, blobs: FolderBlobStore, wakeups: Wakeups, clock: Clock
+        self,
+        store: Store,
+        blobs: FolderBlobStore,
+        wakeups: Wakeups,
+        clock: Clock,
+        metrics: Metrics | None = None,
+        failures: FailureAnalyzer | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
+        self.failures = failures
+        self.notifier = notifier
         self.blobs = blobs
         self.wakeups = wakeups
         self.clock = clock
@@ -78,6 +91,8 @@ class BuildService:
             ),
             self.clock(),
         )
+        if self.metrics is not None:
+            self.metrics.job_seen(job.name)
         self.wakeups.notify(DISPATCH)
         log.info("build.queued", build_id=build.id, job=job.name, number=build.number)
         return build
@@ -90,7 +105,9 @@ class BuildService:
         return build
 
     async def on_finished(self, build: BuildRecord) -> None:
-        """After a build ended (reported by its agent, or lost): retry, wake, compact."""
+        """After a build ended (reported by its agent, or lost): count, retry, wake, compact."""
+        if self.metrics is not None:
+            self.metrics.build_finished(build)
         if build.state == BuildState.LOST and build.lost_retries > 0:
             # A lost agent says nothing about the code: this retry does not use up `retry`.
             await self._retry(build, lost_retries=build.lost_retries - 1, extra_attempt=1)
@@ -103,15 +120,22 @@ class BuildService:
         # compacts whatever a crash left behind).
         self.wakeups.notify(build_channel(build.id))
         self.wakeups.notify(DISPATCH)
-        task = asyncio.create_task(self._compact_quietly(build.id))
+        task = asyncio.create_task(self._after_finish(build.id))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _compact_quietly(self, build_id: int) -> None:
+    async def _after_finish(self, build_id: int) -> None:
+        """Compact the log (which also classifies a failure), then notify: so that
+        notifications carry the analysed cause."""
         try:
             await self.compact_log(build_id)
         except Exception as exc:  # retried by the reaper
             log.warning("log.compaction_failed", build_id=build_id, error=repr(exc))
+        if self.notifier is not None:
+            try:
+                await self.notifier.on_build_finished(await self.store.get_build(build_id), None)
+            except Exception as exc:
+                log.warning("build.notify_failed", build_id=build_id, error=repr(exc))
 
     async def drain(self) -> None:
         """Wait for background compactions (at shutdown)."""
@@ -126,6 +150,11 @@ class BuildService:
         key = log_blob_key(build_id)
         stored = await self.blobs.put_bytes(key, data)
         await self.store.mark_log_compacted(build_id, key, stored.size)
+        if self.failures is not None:
+            # The log is final now: classify a failure from its tail.
+            analysis = await self.failures.analyse_quietly(self.store, self.blobs, build)
+            if analysis is not None and self.metrics is not None:
+                self.metrics.build_failure(analysis.category)
         self.wakeups.notify(build_channel(build_id))
 
     async def _retry(self, build: BuildRecord, lost_retries: int, extra_attempt: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import structlog
@@ -10,6 +11,7 @@ from conveyor.controller.clock import Clock
 from conveyor.controller.leader import LeaderLease
 from conveyor.controller.wakeups import Wakeups, agent_channel
 from conveyor.core.dispatch import DispatchSnapshot, Strategy, plan_assignments
+from conveyor.metrics import Metrics
 from conveyor.store import Store
 
 log = structlog.get_logger(__name__)
@@ -23,8 +25,10 @@ class Dispatcher:
         lease: LeaderLease,
         strategy: Strategy,
         clock: Clock,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.wakeups = wakeups
         self.lease = lease
         self.strategy = strategy
@@ -45,6 +49,7 @@ class Dispatcher:
         fence = self.lease.fence
         if fence is None:
             return 0
+        started = time.perf_counter()
         snapshot = await self.snapshot()
         if not snapshot.queued:
             return 0
@@ -52,8 +57,17 @@ class Dispatcher:
         if not plan.assignments:
             return 0
         triples = [(a.build_id, a.agent_id, uuid.uuid4().hex) for a in plan.assignments]
-        done = await self.store.assign_builds(triples, fence, self.clock())
+        now = self.clock()
+        done = await self.store.assign_builds(triples, fence, now)
         self._round_robin_after = plan.round_robin_after
         for agent_id in {agent for _, agent, _ in done}:
             self.wakeups.notify(agent_channel(agent_id))
+        if done and self.metrics is not None:
+            # Latency of a pass that assigned; queue wait of each build it assigned.
+            self.metrics.dispatch_latency_seconds.observe(time.perf_counter() - started)
+            queued_at = {b.build_id: b.queued_at for b in snapshot.queued}
+            for build_id, _, _ in done:
+                if build_id in queued_at:
+                    waited = (now - queued_at[build_id]).total_seconds()
+                    self.metrics.queue_wait_seconds.observe(max(0.0, waited))
         return len(done)

@@ -29,12 +29,14 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from conveyor.core.labels import parse_label_expression
+from conveyor.core.notifications import NotifyEntry
 from conveyor.core.planner import ParameterError, plan_build, resolve_parameters
 
 __all__ = [
     "MAX_SPEC_BYTES",
     "Branch",
     "Condition",
+    "NotifyEntry",
     "Parameter",
     "ParameterError",
     "Pipeline",
@@ -315,6 +317,9 @@ class Pipeline(_Model):
     environment: Environment = Field(default_factory=dict)
     stages: list[Stage] = Field(min_length=1)
     post: Post = Field(default_factory=Post)
+    # Who is told when a build ends: [{on: [failure, fixed], notifier: NAME}]; the
+    # notifiers themselves are configured on the controller (docs/notifications.md).
+    notify: list[NotifyEntry] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod

@@ -58,6 +58,7 @@ class BuildRecord:
     cause: str | None
     log_size: int
     log_blob: str | None
+    failure_category: str | None = None
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,10 @@ builds = Table(
     Column("cause", Text, nullable=True),
     Column("log_size", BigInteger, nullable=False, default=0),
     Column("log_blob", String(500), nullable=True),
+    # Failure analysis (conveyor.core.failures): category, and JSON text with the
+    # pattern name, line number, line and byte offset.
+    Column("failure_category", String(50), nullable=True),
+    Column("failure_detail", Text, nullable=True),
     UniqueConstraint("job_id", "number", name="uq_builds_job_number"),
     Index("ix_builds_state", "state"),
     Index("ix_builds_agent_state", "agent_id", "state"),

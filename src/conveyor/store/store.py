@@ -149,6 +149,7 @@ def _build(row: Row[Any]) -> BuildRecord:
         cause=m["cause"],
         log_size=m["log_size"],
         log_blob=m["log_blob"],
+        failure_category=m.get("failure_category"),
     )
 
 
@@ -1164,6 +1165,134 @@ class Store(StoreBase):
         async with self.read() as conn:
             row = (await conn.execute(select(leases).where(leases.c.name == name))).one_or_none()
         return None if row is None else (row.holder, int(row.epoch), row.expires_at)
+
+    # ------------------------------------------------- agent protocol fast paths
+    # Added for the poll-start and batched-events paths of /agent/v1; the methods
+    # above keep serving the single-request endpoints unchanged.
+
+    async def poll_inbox(
+        self, agent_id: int, with_running: bool = False
+    ) -> list[tuple[InboxItem, str]]:
+        """An agent's inbox with each build's state, in one statement; raises NotFound
+        for an unknown agent (the poll's only other check). With ``with_running`` the
+        agent's running builds are included too (a poll that starts builds offers again
+        one whose answer was lost)."""
+        wanted = or_(
+            builds.c.state == BuildState.ASSIGNED.value,
+            and_(builds.c.state.in_(ACTIVE), builds.c.cancel_requested.is_(True)),
+        )
+        if with_running:
+            wanted = or_(wanted, builds.c.state == BuildState.RUNNING.value)
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        agents.c.id.label("agent"),
+                        builds.c.id,
+                        builds.c.assignment_id,
+                        builds.c.state,
+                        builds.c.cancel_requested,
+                    )
+                    .select_from(agents)
+                    .outerjoin(builds, and_(builds.c.agent_id == agents.c.id, wanted))
+                    .where(agents.c.id == agent_id)
+                    .order_by(builds.c.id)
+                )
+            ).all()
+        if not rows:
+            raise NotFound(f"agent {agent_id} not found; register again")
+        return [
+            (
+                InboxItem(
+                    assignment_id=r.assignment_id, build_id=r.id, cancel=bool(r.cancel_requested)
+                ),
+                str(r.state),
+            )
+            for r in rows
+            if r.id is not None
+        ]
+
+    async def start_assignments(
+        self, agent_id: int, assignment_ids: Sequence[str], now: datetime
+    ) -> list[BuildRecord]:
+        """Start several of an agent's assignments in one transaction (what start_build
+        does for one: only from 'assigned', only the agent's own). Returns the builds
+        of ``assignment_ids`` that are running on this agent afterwards, whether this
+        call started them or an earlier one did (a repeated call is harmless)."""
+        if not assignment_ids:
+            return []
+        ids = list(assignment_ids)
+        async with self.write() as conn:
+            await conn.execute(
+                update(builds)
+                .where(
+                    builds.c.assignment_id.in_(ids),
+                    builds.c.agent_id == agent_id,
+                    builds.c.state == BuildState.ASSIGNED.value,
+                )
+                .values(state=BuildState.RUNNING.value, started_at=now)
+            )
+            rows = (
+                await conn.execute(
+                    select(builds)
+                    .where(
+                        builds.c.assignment_id.in_(ids),
+                        builds.c.agent_id == agent_id,
+                        builds.c.state == BuildState.RUNNING.value,
+                    )
+                    .order_by(builds.c.id)
+                )
+            ).all()
+        return [_build(r) for r in rows]
+
+    async def apply_agent_events(
+        self,
+        assignment_id: str,
+        agent_id: int,
+        steps: Sequence[tuple[str, StepState, int | None, int]],
+        finish: tuple[BuildState, str | None] | None,
+        now: datetime,
+    ) -> tuple[BuildRecord, bool]:
+        """Apply step updates ``(key, state, exit_code, attempt)`` in order, then the
+        optional finish, in one transaction; the same writes as update_step and
+        finish_build (idempotent). Returns (build, whether the finish ended it)."""
+        changed = False
+        async with self.write() as conn:
+            row = await self._build_by_assignment(conn, assignment_id, agent_id)
+            for key, state, exit_code, attempt in steps:
+                values: dict[str, Any] = {"state": state.value, "attempt": attempt}
+                if state == StepState.RUNNING:
+                    values.update(started_at=now, exit_code=None, finished_at=None)
+                else:
+                    values.update(exit_code=exit_code, finished_at=now)
+                await conn.execute(
+                    update(build_steps)
+                    .where(build_steps.c.build_id == row.id, build_steps.c.key == key)
+                    .values(**values)
+                )
+            if finish is not None:
+                result, cause = finish
+                ended = await conn.execute(
+                    update(builds)
+                    .where(builds.c.id == row.id, builds.c.state.in_(ACTIVE))
+                    .values(
+                        state=result.value,
+                        finished_at=now,
+                        cause=cause if cause is not None else row.cause,
+                        started_at=func.coalesce(builds.c.started_at, now),
+                    )
+                )
+                changed = ended.rowcount == 1
+                if changed:
+                    await self._close_open_steps(conn, row.id, result, now)
+                    if cause is None and result in (BuildState.FAILED, BuildState.TIMED_OUT):
+                        await conn.execute(
+                            update(builds)
+                            .where(builds.c.id == row.id)
+                            .values(cause=await self._failed_step_cause(conn, row.id))
+                        )
+                row = (await conn.execute(select(builds).where(builds.c.id == row.id))).one()
+        return _build(row), changed
 
 
 def _job_values(fields: JobFields) -> dict[str, Any]:
