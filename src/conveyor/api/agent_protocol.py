@@ -259,6 +259,8 @@ async def append_log(
     if len(data) > MAX_LOG_CHUNK:
         raise InvalidInput(f"log chunk too large ({len(data)} bytes > {MAX_LOG_CHUNK})")
     build_id, cancel = await runtime.store.append_log(assignment_id, agent_id, seq, offset, data)
+    # conveyor_log_bytes_total: bytes accepted (a re-sent chunk counts again)
+    runtime.metrics.log_bytes(len(data))
     runtime.wakeups.notify(build_channel(build_id))
     return AckOut(cancel=cancel)
 
