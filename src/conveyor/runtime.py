@@ -12,7 +12,7 @@ from pathlib import Path
 
 import structlog
 
-from conveyor.blobs import FolderBlobStore
+from conveyor.blobs import BlobStore, FolderBlobStore, open_blob_store
 from conveyor.controller.builds import BuildService
 from conveyor.controller.clock import Clock, utcnow
 from conveyor.controller.dispatcher import Dispatcher
@@ -46,7 +46,7 @@ def new_token(prefix: str = "cvy") -> str:
 class Runtime:
     settings: Settings
     store: Store
-    blobs: FolderBlobStore
+    blobs: BlobStore
     wakeups: Wakeups
     clock: Clock
     controller_id: str
@@ -64,7 +64,11 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, clock: Clock = utcnow) -> Runtime:
         store = open_store(settings.resolved_database_url())
-        blobs = FolderBlobStore(settings.resolved_blob_dir())
+        blobs = (
+            open_blob_store(settings.blob_url)
+            if settings.blob_url
+            else FolderBlobStore(settings.resolved_blob_dir())
+        )
         wakeups: Wakeups = PgWakeups(store.url) if store.dialect == "postgresql" else Wakeups()
         controller_id = settings.controller_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         lease = LeaderLease(store, controller_id, settings.lease_ttl, clock)
@@ -135,3 +139,4 @@ class Runtime:
             log.warning("leader.release_failed")
         await self.wakeups.stop()
         await self.store.close()
+        await self.blobs.close()

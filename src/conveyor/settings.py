@@ -21,6 +21,11 @@ class Settings(BaseSettings):
         default=None, description="sqlite:///path or postgresql://...; default: SQLite in home"
     )
     blob_dir: Path | None = Field(default=None, description="blob folder; default: home/blobs")
+    blob_url: str | None = Field(
+        default=None,
+        description="blob store URL: file:///PATH or s3://BUCKET/PREFIX?endpoint=...;"
+        " wins over blob_dir (docs/storage.md)",
+    )
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str | None = None

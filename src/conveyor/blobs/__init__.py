@@ -1,103 +1,69 @@
-"""The blob store: finished build logs and artifacts (later: backups).
+"""The blob store: finished build logs (``logs/``) and artifacts (``artifacts/``).
 
-Keys are '/'-separated relative paths. The folder implementation is safe on
-NFS: it writes to a temporary name in the same folder then renames, and
-never relies on file locks.
+Keys are '/'-separated relative paths. ``open_blob_store(url)`` picks the implementation:
+
+- ``/abs/path``, ``relative/path`` or ``file:///abs/path``: a folder (local or NFS),
+  see ``FolderBlobStore``;
+- ``s3://BUCKET[/PREFIX][?endpoint=URL&region=R&access_key=K&secret_key=S]``: an S3 bucket
+  (AWS or S3-compatible), see ``S3BlobStore``. Options missing from the URL come from the
+  usual ``AWS_*`` environment variables (``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``,
+  ``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+  ``AWS_SESSION_TOKEN``), then boto3's credential chain; region defaults to us-east-1.
+
+docs/storage.md has the details.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import os
-import uuid
-from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
-from conveyor.errors import InvalidInput, NotFound
+from conveyor.blobs.base import (
+    CHUNK,
+    BlobStore,
+    BlobStoreUnavailable,
+    StoredBlob,
+    check_key,
+    check_prefix,
+    redact_url,
+)
+from conveyor.blobs.folder import FolderBlobStore
+from conveyor.errors import InvalidInput
 
-CHUNK = 256 * 1024
-
-
-@dataclass(frozen=True)
-class StoredBlob:
-    key: str
-    size: int
-    sha256: str
-
-
-class FolderBlobStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-
-    def path_of(self, key: str) -> Path:
-        parts = key.split("/")
-        if not key or any(p in ("", ".", "..") for p in parts) or key.startswith("/"):
-            raise InvalidInput(f"invalid blob key {key!r}")
-        return self.root.joinpath(*parts)
-
-    async def put_stream(self, key: str, chunks: AsyncIterable[bytes]) -> StoredBlob:
-        target = self.path_of(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with tmp.open("wb") as fh:
-                async for chunk in chunks:
-                    digest.update(chunk)
-                    size += len(chunk)
-                    await asyncio.to_thread(fh.write, chunk)
-                await asyncio.to_thread(_sync_close, fh)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return StoredBlob(key=key, size=size, sha256=digest.hexdigest())
-
-    async def put_bytes(self, key: str, data: bytes) -> StoredBlob:
-        async def one() -> AsyncIterator[bytes]:
-            yield data
-
-        return await self.put_stream(key, one())
-
-    async def read_range(self, key: str, start: int, limit: int) -> bytes:
-        path = self.path_of(key)
-
-        def read() -> bytes:
-            try:
-                with path.open("rb") as fh:
-                    fh.seek(start)
-                    return fh.read(limit)
-            except FileNotFoundError as exc:
-                raise NotFound(f"blob {key!r} is missing") from exc
-
-        return await asyncio.to_thread(read)
-
-    async def stream(self, key: str) -> AsyncIterator[bytes]:
-        path = self.path_of(key)
-        if not path.exists():
-            raise NotFound(f"blob {key!r} is missing")
-        with path.open("rb") as fh:
-            while True:
-                chunk = await asyncio.to_thread(fh.read, CHUNK)
-                if not chunk:
-                    return
-                yield chunk
-
-    async def size(self, key: str) -> int:
-        try:
-            return self.path_of(key).stat().st_size
-        except FileNotFoundError as exc:
-            raise NotFound(f"blob {key!r} is missing") from exc
-
-    async def delete(self, key: str) -> None:
-        self.path_of(key).unlink(missing_ok=True)
+__all__ = [
+    "CHUNK",
+    "BlobStore",
+    "BlobStoreUnavailable",
+    "FolderBlobStore",
+    "StoredBlob",
+    "check_key",
+    "check_prefix",
+    "open_blob_store",
+    "redact_url",
+]
 
 
-def _sync_close(fh: object) -> None:
-    flush = getattr(fh, "flush")  # noqa: B009
-    flush()
-    os.fsync(fh.fileno())  # type: ignore[attr-defined]
+def open_blob_store(url: str) -> BlobStore:
+    """The blob store a URL names (format above). ``InvalidInput`` if it is malformed.
+    Opening makes no network call: an unreachable S3 server shows at first use."""
+    url = url.strip()
+    if not url:
+        raise InvalidInput("empty blob store URL")
+    if url.startswith("s3://"):
+        from conveyor.blobs.s3 import S3BlobStore  # boto3 is imported only when used
+
+        return S3BlobStore.from_url(url)
+    if url.startswith("file:"):
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            raise InvalidInput(f"blob URL {url!r}: use file:///ABSOLUTE/PATH")
+        path = unquote(parts.path)
+        if not path.startswith("/"):
+            raise InvalidInput(f"blob URL {url!r}: use file:///ABSOLUTE/PATH")
+        return FolderBlobStore(Path(path))
+    if "://" in url:
+        scheme = url.split("://", 1)[0]
+        raise InvalidInput(
+            f"unsupported blob store URL scheme {scheme!r}: use a path, file:///PATH or s3://"
+        )
+    return FolderBlobStore(Path(url).expanduser().resolve())

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from conveyor import __version__
-from conveyor.cli import agent, builds, cluster, jobs, lb
+from conveyor.cli import agent, blobs, builds, cluster, jobs, lb
 from conveyor.core.dispatch import Strategy
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.add_typer(jobs.app, name="job")
 app.add_typer(builds.app, name="build")
 app.add_typer(agent.app, name="agent")
 app.add_typer(cluster.app, name="cluster")
+app.add_typer(blobs.app, name="blobs")
 app.command("lb-config")(lb.lb_config)
 
 HomeOpt = Annotated[
@@ -67,6 +68,14 @@ def server(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to bind")] = 8080,
     blob_dir: Annotated[Path | None, typer.Option(help="blob folder (default HOME/blobs)")] = None,
+    blob_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CONVEYOR_BLOB_URL",
+            help="blob store URL: file:///PATH or s3://BUCKET/PREFIX?endpoint=URL&region=R"
+            " (wins over --blob-dir; docs/storage.md)",
+        ),
+    ] = None,
     strategy: Annotated[Strategy, typer.Option(help="dispatch strategy")] = Strategy.LABEL_MATCH,
     agent_timeout: Annotated[
         float, typer.Option(help="seconds without heartbeat → offline")
@@ -85,7 +94,17 @@ def server(
     log_format: LogFormatOpt = None,
 ) -> None:
     """Run a controller: REST API, agent protocol, dispatcher."""
+    from conveyor.cli.client import fail
     from conveyor.cli.server import run_server
+
+    if blob_url:
+        from conveyor.blobs import open_blob_store, redact_url
+        from conveyor.errors import InvalidInput
+
+        try:
+            open_blob_store(blob_url)  # checks the URL; makes no network call
+        except InvalidInput as exc:
+            fail(f"--blob-url {redact_url(blob_url)}: {exc}")
 
     settings = _settings(
         home=home,
@@ -93,6 +112,7 @@ def server(
         host=host,
         port=port,
         blob_dir=blob_dir,
+        blob_url=blob_url,
         dispatch_strategy=strategy,
         agent_timeout=agent_timeout,
         role=role,

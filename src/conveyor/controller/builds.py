@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import structlog
 
-from conveyor.blobs import FolderBlobStore
+from conveyor.blobs import BlobStore
 from conveyor.controller.clock import Clock
 from conveyor.controller.failures import FailureAnalyzer
 from conveyor.controller.notifications import Notifier
@@ -47,7 +47,7 @@ class BuildService:
     def __init__(
         self,
         store: Store,
-        blobs: FolderBlobStore,
+        blobs: BlobStore,
         wakeups: Wakeups,
         clock: Clock,
         metrics: Metrics | None = None,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from conveyor.blobs import FolderBlobStore
+from conveyor.blobs import BlobStore
 from conveyor.core.failures import (
     ANALYSED_STATES,
     MAX_LOG_BYTES,
@@ -81,7 +81,7 @@ class FailureAnalyzer:
         return cls(patterns)
 
     async def analyse(
-        self, runtime_store: Store, blobs: FolderBlobStore, build: BuildRecord
+        self, runtime_store: Store, blobs: BlobStore, build: BuildRecord
     ) -> FailureAnalysis | None:
         """Analyse and record why ``build`` failed; None if it did not fail (succeeded,
         cancelled, still active). A failure no pattern explains is recorded as
@@ -107,7 +107,7 @@ class FailureAnalyzer:
         return analysis
 
     async def analyse_quietly(
-        self, runtime_store: Store, blobs: FolderBlobStore, build: BuildRecord
+        self, runtime_store: Store, blobs: BlobStore, build: BuildRecord
     ) -> FailureAnalysis | None:
         """:meth:`analyse`, but an error is logged, never raised (the analysis is a
         nicety; it must not break the build's ending)."""
@@ -118,9 +118,7 @@ class FailureAnalyzer:
             return None
 
     @staticmethod
-    async def _read_tail(
-        store: Store, blobs: FolderBlobStore, build: BuildRecord
-    ) -> tuple[str, int]:
+    async def _read_tail(store: Store, blobs: BlobStore, build: BuildRecord) -> tuple[str, int]:
         """The last MAX_LOG_BYTES of the log as text (undecodable bytes kept with
         ``surrogateescape``, so offsets stay exact) and where that text starts."""
         start = max(0, build.log_size - MAX_LOG_BYTES)
