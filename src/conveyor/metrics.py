@@ -111,6 +111,12 @@ class Metrics:
             [JOB_LABEL, "result"],
             registry=r,
         )
+        self.retention_freed_bytes_total = Counter(
+            "conveyor_retention_freed_bytes_total",
+            "Bytes of build artifacts deleted by the retention policy (counted by the leader "
+            "that deleted them).",
+            registry=r,
+        )
         self.build_failures_total = Counter(
             "conveyor_build_failures_total",
             "Failed, timed-out and lost builds by failure-analysis category (counted by "

@@ -23,6 +23,7 @@ from conveyor.controller.membership import HEARTBEAT_SECONDS, ClusterMembership
 from conveyor.controller.notifications import Notifier
 from conveyor.controller.pg_wakeups import PgWakeups
 from conveyor.controller.reaper import Reaper
+from conveyor.controller.retention import RETENTION_INTERVAL, ArtifactRetention
 from conveyor.controller.wakeups import DISPATCH, Wakeups
 from conveyor.metrics import Metrics, MetricsUpdater
 from conveyor.settings import Settings
@@ -118,10 +119,14 @@ class Runtime:
     async def start_loops(self) -> None:
         await self.wakeups.start()
         await self.lease.run_once()
+        retention = ArtifactRetention.from_settings(
+            self.settings, self.store, self.blobs, self.lease, self.clock, self.metrics
+        )
         self.loops = [
             LoopRunner("leader", self.lease.run_once, self.lease.next_attempt_in),
             LoopRunner("membership", self.membership.run_once, HEARTBEAT_SECONDS),
             LoopRunner("dispatcher", self.dispatcher.run_once, 1.0, self.wakeups, DISPATCH),
+            LoopRunner("retention", retention.run_once, RETENTION_INTERVAL),
             LoopRunner("reaper", self.reaper.run_once, min(5.0, self.settings.agent_timeout / 3)),
             LoopRunner("metrics", self.metrics_updater.run_once, MetricsUpdater.INTERVAL),
         ]

@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     notifications_file: Path | None = Field(
         default=None, description="notifiers and global notification rules (YAML)"
     )
+    artifact_keep_last: int | None = Field(
+        default=None,
+        ge=1,
+        description="finished builds per job that keep their artifacts; unset: no count limit",
+    )
+    artifact_keep_days: int | None = Field(
+        default=30, ge=0, description="days a finished build keeps its artifacts"
+    )
     log_level: str = "info"
     failure_patterns_file: Path | None = Field(
         default=None,

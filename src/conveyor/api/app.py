@@ -12,6 +12,7 @@ from conveyor import __version__
 from conveyor.api import (
     agent_protocol,
     routes_agents,
+    routes_artifacts,
     routes_builds,
     routes_cluster,
     routes_health,
@@ -70,6 +71,7 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
     app.include_router(routes_health.router)
     app.include_router(routes_metrics.router)
     # Build routes first: /api/v1/jobs/{name:path}/builds must win over /jobs/{name:path}.
+    app.include_router(routes_artifacts.router)
     app.include_router(routes_builds.router)
     app.include_router(routes_jobs.router)
     app.include_router(routes_agents.router)

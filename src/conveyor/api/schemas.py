@@ -120,6 +120,9 @@ class BuildOut(BaseModel):
     retry_of: int | None
     agent_id: int | None
     cause: str | None
+    pinned: bool = Field(
+        default=False, description="kept by artifact retention (POST .../pin, .../unpin)"
+    )
     failure_category: str | None = Field(
         default=None,
         description="why a failed build failed (failure analysis), e.g. compile, test, "
@@ -160,6 +163,7 @@ class BuildOut(BaseModel):
             agent_id=b.agent_id,
             cause=b.cause,
             failure_category=b.failure_category,
+            pinned=b.pinned,
             cancel_requested=b.cancel_requested,
             queued_at=b.queued_at,
             assigned_at=b.assigned_at,

@@ -147,3 +147,12 @@ def cancel(build_id: int, url: UrlOpt = None, token: TokenOpt = None) -> None:
     b = client.json("POST", f"/api/v1/builds/{build_id}/cancel")
     verb = "cancellation requested" if b["state"] in ("assigned", "running") else b["state"]
     out.print(f"build {build_id}: {verb}")
+
+
+def _register_artifacts() -> None:
+    from conveyor.cli import artifacts
+
+    app.command("artifacts")(artifacts.artifacts)
+
+
+_register_artifacts()

@@ -59,6 +59,7 @@ class BuildRecord:
     log_size: int
     log_blob: str | None
     failure_category: str | None = None
+    pinned: bool = False
 
 
 @dataclass(frozen=True)

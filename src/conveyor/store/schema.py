@@ -16,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 from conveyor.store.types import UTCDateTime
@@ -91,6 +92,7 @@ builds = Table(
     # pattern name, line number, line and byte offset.
     Column("failure_category", String(50), nullable=True),
     Column("failure_detail", Text, nullable=True),
+    Column("pinned", Boolean, nullable=False, default=False, server_default=false()),
     UniqueConstraint("job_id", "number", name="uq_builds_job_number"),
     Index("ix_builds_state", "state"),
     Index("ix_builds_agent_state", "agent_id", "state"),

@@ -150,6 +150,7 @@ def _build(row: Row[Any]) -> BuildRecord:
         log_size=m["log_size"],
         log_blob=m["log_blob"],
         failure_category=m.get("failure_category"),
+        pinned=bool(m.get("pinned", False)),
     )
 
 

@@ -1,0 +1,146 @@
+"""Artifact retention: which finished builds lose their artifacts, and why. Pure policy.
+
+The input is a snapshot of finished builds that still have artifacts. Each one
+carries how many finished builds of its job are newer than it (``newer``), so the
+policy is exact even when the snapshot holds only some of a job's builds (the
+store pages through them). A build is pruned when it is older than ``keep_days``
+**or** beyond the last ``keep_last`` finished builds of its job (either rule alone
+is enough, as in Jenkins' "discard old builds"), and never when it is:
+
+* pinned (``conveyor`` keeps it until it is unpinned),
+* not finished (its artifacts may still be arriving),
+* the last successful build of its job (what "latest good artifacts" points at).
+
+Logs are not touched here: ``has_log`` is carried for a later log policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from conveyor.core.states import FINISHED_STATES, BuildState
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """Keep the newest ``keep_last`` finished builds of a job and every build finished in
+    the last ``keep_days`` days; ``None`` switches a rule off (both ``None``: keep all)."""
+
+    keep_last: int | None = None
+    keep_days: int | None = 30
+
+    def __post_init__(self) -> None:
+        if self.keep_last is not None and self.keep_last < 1:
+            raise ValueError(f"keep_last must be at least 1, not {self.keep_last}")
+        if self.keep_days is not None and self.keep_days < 0:
+            raise ValueError(f"keep_days must not be negative, not {self.keep_days}")
+
+    @property
+    def keeps_everything(self) -> bool:
+        return self.keep_last is None and self.keep_days is None
+
+
+@dataclass(frozen=True)
+class FinishedBuild:
+    """What the policy needs to know about one build (a row of the snapshot)."""
+
+    id: int
+    job: str
+    number: int
+    state: BuildState
+    finished_at: datetime | None
+    pinned: bool
+    artifact_bytes: int
+    artifact_count: int
+    has_log: bool
+    #: Finished builds of the same job with a higher number.
+    newer: int = 0
+
+
+@dataclass(frozen=True)
+class RetentionSnapshot:
+    builds: tuple[FinishedBuild, ...]
+    #: Per job, the id of its newest succeeded build (jobs without one are absent).
+    last_succeeded: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class Prune:
+    build_id: int
+    job: str
+    number: int
+    artifact_bytes: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    prune: tuple[Prune, ...]
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(p.artifact_bytes for p in self.prune)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def reasons_to_prune(
+    build: FinishedBuild, policy: RetentionPolicy, last_succeeded: int | None, now: datetime
+) -> list[str]:
+    """Why ``build``'s artifacts go (empty: they stay)."""
+    if build.pinned or build.state not in FINISHED_STATES or build.finished_at is None:
+        return []
+    if build.id == last_succeeded or build.artifact_count == 0:
+        return []
+    reasons: list[str] = []
+    if policy.keep_days is not None and build.finished_at < now - timedelta(days=policy.keep_days):
+        reasons.append(f"older than {_plural(policy.keep_days, 'day')}")
+    if policy.keep_last is not None and build.newer >= policy.keep_last:
+        reasons.append(f"beyond the last {_plural(policy.keep_last, 'build')}")
+    return reasons
+
+
+def plan_retention(
+    snapshot: RetentionSnapshot,
+    now: datetime,
+    policy: RetentionPolicy | None = None,
+    per_job: Mapping[str, RetentionPolicy] | None = None,
+) -> RetentionPlan:
+    """The builds whose artifacts to delete, oldest first. ``per_job`` overrides
+    ``policy`` (the controller-wide default) for the jobs it names."""
+    default = policy or RetentionPolicy()
+    overrides = per_job or {}
+    prune: list[Prune] = []
+    for build in sorted(snapshot.builds, key=lambda b: (b.job, b.number)):
+        reasons = reasons_to_prune(
+            build,
+            overrides.get(build.job, default),
+            snapshot.last_succeeded.get(build.job),
+            now,
+        )
+        if reasons:
+            prune.append(
+                Prune(
+                    build.id, build.job, build.number, build.artifact_bytes, " and ".join(reasons)
+                )
+            )
+    prune.sort(key=lambda p: p.build_id)
+    return RetentionPlan(tuple(prune))
+
+
+def snapshot_of(history: Iterable[FinishedBuild]) -> RetentionSnapshot:
+    """A snapshot from a job's complete history of finished builds (tests, small tools):
+    ``newer`` and the last succeeded build per job are worked out from the builds."""
+    rows = [b for b in history if b.state in FINISHED_STATES]
+    numbers: dict[str, list[int]] = {}
+    best: dict[str, FinishedBuild] = {}
+    for b in rows:
+        numbers.setdefault(b.job, []).append(b.number)
+        if b.state == BuildState.SUCCEEDED and (b.job not in best or b.number > best[b.job].number):
+            best[b.job] = b
+    counted = tuple(replace(b, newer=sum(n > b.number for n in numbers[b.job])) for b in rows)
+    return RetentionSnapshot(counted, {job: b.id for job, b in best.items()})
