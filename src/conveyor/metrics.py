@@ -27,12 +27,10 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import select
 
 from conveyor import __version__
 from conveyor.controller.clock import Clock
 from conveyor.core.states import BuildState
-from conveyor.store.schema import agents as agents_table
 
 if TYPE_CHECKING:
     from conveyor.controller.leader import LeaderLease
@@ -427,9 +425,5 @@ class MetricsUpdater:
         return snap
 
     async def _agent_system_figures(self) -> dict[str, dict[str, Any]]:
-        # The heartbeat's extra figures (disk_percent, load1) live in agents.metrics,
-        # which no AgentRecord carries yet.
-        # TODO: move into a named Store query (Store.agent_metrics) with the store owner.
-        async with self.store.read() as conn:
-            rows = (await conn.execute(select(agents_table.c.name, agents_table.c.metrics))).all()
-        return {r.name: dict(r.metrics) for r in rows if isinstance(r.metrics, dict)}
+        # The heartbeat's extra figures (disk_percent, load1) live in agents.metrics.
+        return await self.store.agent_system_figures()

@@ -955,6 +955,12 @@ class Store(StoreBase):
         busy = {agent_id: count for agent_id, count in busy_rows}
         return [_agent(r, busy.get(r.id, 0)) for r in rows]
 
+    async def agent_system_figures(self) -> dict[str, dict[str, Any]]:
+        """Agent name -> the extra figures of its last heartbeat (disk_percent, load1…)."""
+        async with self.read() as conn:
+            rows = (await conn.execute(select(agents.c.name, agents.c.metrics))).all()
+        return {r.name: dict(r.metrics) for r in rows if isinstance(r.metrics, dict)}
+
     async def get_agent(self, agent_id: int) -> AgentRecord:
         async with self.read() as conn:
             row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one_or_none()
