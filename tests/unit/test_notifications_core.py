@@ -26,6 +26,7 @@ from conveyor.core.notifications import (
     parse_notifications_config,
     payload_for,
     sign,
+    substitute_parameters,
 )
 from conveyor.core.pipeline import SpecError, parse_pipeline
 from conveyor.core.states import BuildState
@@ -367,3 +368,11 @@ def test_backoff_is_exponential_with_jitter_and_capped() -> None:
 def test_models_reject_secrets_in_place_of_names() -> None:
     with pytest.raises(ValidationError):
         WebhookNotifier(type="webhook", url="https://x.example.com", secret_env="my secret!")
+
+
+def test_substitute_parameters_only_braced_build_parameters() -> None:
+    params = {"TARGET_ENV": "prod", "LOOP": "${TARGET_ENV}"}
+    text = "to ${TARGET_ENV}: $TARGET_ENV ${HOME} $(id) ${LOOP} \\${TARGET_ENV}"
+    assert substitute_parameters(text, params) == (
+        "to prod: $TARGET_ENV ${HOME} $(id) ${TARGET_ENV} \\prod"
+    )

@@ -426,3 +426,65 @@ def test_step_name_truncation() -> None:
     assert len(steps[0].name) <= 4 + 80 and steps[0].name.endswith("...")
     assert steps[1].name == "sh: first line..."
     assert steps[1].script == "first line\nsecond\n"
+
+
+NOTIFY_POST = BASE + (
+    "post:\n"
+    "  failure:\n"
+    "    - notify: team-slack\n"
+    "    - notify: {notifier: ops-webhook, message: 'deploy of ${OPERATION} failed'}\n"
+    "  always:\n"
+    "    - echo: bye\n"
+)
+
+
+def test_notify_post_steps_short_and_long_form() -> None:
+    p = parse_pipeline(NOTIFY_POST)
+    short, long = p.post.failure
+    assert short.kind == "notify" and short.notify is not None
+    assert (short.notify.notifier, short.notify.message) == ("team-slack", None)
+    assert long.notify is not None
+    assert (long.notify.notifier, long.notify.message) == (
+        "ops-webhook",
+        "deploy of ${OPERATION} failed",
+    )
+    plan = plan_build(p, {"OPERATION": "deploy"})
+    [s0, s1] = plan.post["failure"]
+    assert (s0.key, s0.stage, s0.kind, s0.name, s0.notifier, s0.message) == (
+        "post.failure.0",
+        "post.failure",
+        "notify",
+        "notify: team-slack",
+        "team-slack",
+        None,
+    )
+    assert (s1.key, s1.name, s1.notifier) == (
+        "post.failure.1",
+        "notify: ops-webhook",
+        "ops-webhook",
+    )
+    assert s1.message == "deploy of ${OPERATION} failed"  # substituted by the controller
+    assert plan.post["always"][0].notifier is None
+
+
+def test_notify_outside_post_is_an_error_at_its_line() -> None:
+    issue = only(BASE + "      - notify: team-slack\n")
+    assert str(issue) == (
+        "conveyor.yml:10: stages[0].steps[1]: notify steps are only allowed in post blocks"
+    )
+    text = (
+        "name: demo\nstages:\n  - name: t\n    parallel:\n      - name: a\n        steps:\n"
+        "          - sh: x\n          - notify: {notifier: hook}\n"
+    )
+    issue = only(text)
+    assert (issue.line, issue.path) == (8, "stages[0].parallel[0].steps[1]")
+    assert issue.message == "notify steps are only allowed in post blocks"
+
+
+def test_notify_step_errors() -> None:
+    issue = only(BASE + "post:\n  always:\n    - notify: 'bad name'\n")
+    assert issue.line == 12 and "invalid notifier name 'bad name'" in issue.message
+    issue = only(BASE + "post:\n  always:\n    - notify: hook\n      timeout: 5m\n")
+    assert issue.line == 12 and "notify steps take no timeout or retry" in issue.message
+    issue = only(BASE + "post:\n  always:\n    - notify: {message: hi}\n")
+    assert "missing required field 'notifier'" in issue.message

@@ -13,7 +13,9 @@ Outcome rules, in short:
   TIMED_OUT / ``cancelled``) runs, then ``always``; the steps of the other
   blocks are reported ``SKIPPED``;
 * a failing post step stops the rest of its block and turns SUCCEEDED into
-  FAILED; it never changes any other result.
+  FAILED; it never changes any other result;
+* ``notify`` post steps are not the agent's: they are skipped silently (no log
+  line, no step report); the controller runs and reports them after the build.
 """
 
 from __future__ import annotations
@@ -231,6 +233,8 @@ class BuildExecutor:
         for condition in _POST_ORDER:
             run_block = condition in (selected, "always")
             for step in self.ctx.plan.post.get(condition, []):
+                if step.kind == "notify":
+                    continue  # run and reported by the controller once the result is known
                 if not run_block or self._post_abort.is_set():
                     await self._skip_step(step)
                     continue

@@ -133,7 +133,10 @@ class BuildService:
             log.warning("log.compaction_failed", build_id=build_id, error=repr(exc))
         if self.notifier is not None:
             try:
-                await self.notifier.on_build_finished(await self.store.get_build(build_id), None)
+                build = await self.store.get_build(build_id)
+                await self.notifier.on_build_finished(build, None)
+                # The pipeline's `notify` post steps run here, on the controller.
+                await self.notifier.run_post_notify_steps(build)
             except Exception as exc:
                 log.warning("build.notify_failed", build_id=build_id, error=repr(exc))
 

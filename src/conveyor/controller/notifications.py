@@ -42,14 +42,19 @@ from conveyor.core.notifications import (
     SlackNotifier,
     WebhookNotifier,
     backoff_delay,
+    build_events,
+    build_message,
+    build_url,
     decide_notifications,
     delivery_headers,
     email_content,
     parse_notifications_config,
     payload_for,
+    substitute_parameters,
 )
 from conveyor.core.pipeline import SpecError, parse_pipeline
-from conveyor.core.states import FINISHED_STATES
+from conveyor.core.plan import BuildPlan, PostCondition, StepPlan
+from conveyor.core.states import FINISHED_STATES, BuildState, StepState
 from conveyor.errors import NotFound
 from conveyor.settings import Settings
 from conveyor.store import Store
@@ -60,6 +65,7 @@ from conveyor.store.notifications import (
     claim_delivery,
     finish_delivery,
     record_attempt,
+    set_build_step,
 )
 from conveyor.store.records import BuildRecord
 
@@ -69,6 +75,22 @@ __all__ = ["DeliveryError", "Notifier", "load_notifications_config"]
 
 TIMEOUT_SECONDS = 10.0
 RETRYABLE_STATUS = frozenset({408, 425, 429})
+#: The post block run for each result (then ``always``), as on the agent; lost too here.
+POST_FOR: dict[BuildState, PostCondition] = {
+    BuildState.SUCCEEDED: "success",
+    BuildState.FAILED: "failure",
+    BuildState.TIMED_OUT: "failure",
+    BuildState.LOST: "failure",
+    BuildState.CANCELLED: "cancelled",
+}
+MAX_EVENT_LENGTH = 20  # notification_deliveries.event
+
+
+def post_step_event(key: str) -> str:
+    """The delivery row's event for a ``notify`` post step: ``post.failure.0`` →
+    ``post:failure.0``. It never equals an event of rules or ``notify`` entries (those
+    have no ``:``), so the unique (build, notifier, event) keys cannot collide."""
+    return "post:" + key.removeprefix("post.")
 
 
 class DeliveryError(Exception):
@@ -212,6 +234,87 @@ class Notifier:
                 )
         return delivered
 
+    async def run_post_notify_steps(self, build: BuildRecord) -> list[DeliveryRecord]:
+        """Run the ``notify`` steps of the post blocks matching the build's result
+        (``success``; ``failure`` for failed, timed out and lost; ``cancelled``), then of
+        ``always``, in order; each is delivered once (claimed like any delivery) and its
+        step row set ``running``, then ``succeeded`` or ``failed``. Steps of other blocks
+        stay ``skipped``. Returns the deliveries this call made."""
+        condition = POST_FOR.get(build.state)
+        if condition is None or not build.plan:
+            return []
+        try:
+            plan = BuildPlan.model_validate(build.plan)
+        except ValueError as exc:
+            log.warning("notifications.bad_plan", build_id=build.id, error=str(exc))
+            return []
+        steps = [
+            step
+            for block in (condition, "always")
+            for step in plan.post.get(block, [])
+            if step.kind == "notify" and step.notifier
+        ]
+        if not steps:
+            return []
+        previous = await self.store.list_builds(
+            build.job_name, states=sorted(FINISHED_STATES), before_id=build.id, limit=1
+        )
+        previous_state = previous[0].state if previous else None
+        delivered: list[DeliveryRecord] = []
+        for step in steps:
+            try:
+                record = await self._run_notify_step(build, previous_state, step)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one step's trouble must not stop the others
+                log.warning(
+                    "notification.step_error", build_id=build.id, step=step.key, error=repr(exc)
+                )
+                await self._finish_step(build.id, step.key, StepState.FAILED)
+                continue
+            if record is not None:
+                delivered.append(record)
+        return delivered
+
+    async def _run_notify_step(
+        self, build: BuildRecord, previous: BuildState | None, step: StepPlan
+    ) -> DeliveryRecord | None:
+        assert step.notifier is not None
+        facts = _facts(build)
+        event = build_events(build.state, previous)[0]
+        url = build_url(build.id, self.base_url)
+        message = build_message(facts, event, previous, url)
+        if step.message:
+            message = substitute_parameters(step.message, build.parameters) + "\n" + message
+        notification = Notification(
+            notifier=step.notifier,
+            event=event,
+            build=facts,
+            url=url,
+            message=message,
+            previous=previous,
+            reasons=(f"post step {step.key}",),
+            step=step.key,
+        )
+        record_event = post_step_event(step.key)
+        if len(record_event) > MAX_EVENT_LENGTH:
+            log.warning("notification.step_key_too_long", build_id=build.id, step=step.key)
+            await self._finish_step(build.id, step.key, StepState.FAILED)
+            return None
+        record = await self._claim_and_deliver(
+            notification, record_event, on_claimed=lambda: self._start_step(build.id, step.key)
+        )
+        if record is not None:  # None: another controller (or an earlier call) owns it
+            state = StepState.SUCCEEDED if record.state == DELIVERED else StepState.FAILED
+            await self._finish_step(build.id, step.key, state)
+        return record
+
+    async def _start_step(self, build_id: int, key: str) -> None:
+        await set_build_step(self.store, build_id, key, StepState.RUNNING, self.clock())
+
+    async def _finish_step(self, build_id: int, key: str, state: StepState) -> None:
+        await set_build_step(self.store, build_id, key, state, self.clock())
+
     async def drain(self, timeout: float | None = 10.0) -> None:
         """Wait for the deliveries in flight (tests; shutdown)."""
         while self._background:
@@ -262,13 +365,20 @@ class Notifier:
     def _notifier(self, name: str) -> NotifierConfig | None:
         return None if self.config is None else self.config.notifiers.get(name)
 
-    async def _claim_and_deliver(self, notification: Notification) -> DeliveryRecord | None:
+    async def _claim_and_deliver(
+        self,
+        notification: Notification,
+        record_event: str | None = None,
+        on_claimed: Callable[[], Awaitable[None]] | None = None,
+    ) -> DeliveryRecord | None:
+        """Claim the delivery's row (event ``record_event``, default the notification's)
+        and, when this call won it, run ``on_claimed`` and deliver."""
         config = self._notifier(notification.notifier)
         record = await claim_delivery(
             self.store,
             notification.build.id,
             notification.notifier,
-            notification.event,
+            record_event or notification.event,
             _kind(config),
             str(uuid.uuid4()),
             notification.reason,
@@ -276,6 +386,8 @@ class Notifier:
         )
         if record is None:  # another controller (or an earlier call) owns it
             return None
+        if on_claimed is not None:
+            await on_claimed()
         if config is None:
             where = (
                 f"the notifications file {self._config_source}"

@@ -70,6 +70,7 @@ __all__ = [
     "WebhookNotifier",
     "backoff_delay",
     "build_events",
+    "build_message",
     "decide_notifications",
     "delivery_headers",
     "email_content",
@@ -77,6 +78,7 @@ __all__ = [
     "parse_notifications_config",
     "payload_for",
     "sign",
+    "substitute_parameters",
 ]
 
 Event = Literal["failure", "success", "fixed", "cancelled", "timed_out", "lost", "always"]
@@ -358,6 +360,7 @@ class Notification:
     message: str
     previous: BuildState | None = None
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    step: str | None = None  # the key of the post step that sent it (``notify`` steps)
 
     @property
     def reason(self) -> str:
@@ -398,6 +401,21 @@ def format_duration(seconds: float | None) -> str:
 
 def build_url(build_id: int, base_url: str = "") -> str:
     return f"{base_url.rstrip('/')}/api/v1/builds/{build_id}"
+
+
+def build_message(build: BuildFacts, event: Event, previous: BuildState | None, url: str) -> str:
+    """The standard one-line summary, e.g. ``team-a/api #12 failed: ... after 2m05s. URL``."""
+    return _message(build, event, previous, url)
+
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def substitute_parameters(text: str, parameters: Mapping[str, str]) -> str:
+    """Replace ``${NAME}`` by the value of the build parameter ``NAME``, in one pass (a
+    value containing ``${...}`` is not expanded again). Anything else stays as written:
+    ``$NAME`` without braces, ``${NAME}`` for a name that is not a parameter, ``$(...)``."""
+    return _PLACEHOLDER.sub(lambda m: parameters.get(m.group(1), m.group(0)), text)
 
 
 def _message(build: BuildFacts, event: Event, previous: BuildState | None, url: str) -> str:
@@ -490,6 +508,7 @@ def payload_for(
         "finished_at": _iso(build.finished_at),
         "duration_seconds": build.duration_seconds,
         "message": notification.message,
+        **({"step": notification.step} if notification.step is not None else {}),
     }
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "Branch",
     "Condition",
     "NotifyEntry",
+    "NotifyStep",
     "Parameter",
     "ParameterError",
     "Pipeline",
@@ -55,10 +56,12 @@ __all__ = [
 MAX_SPEC_BYTES = 1024 * 1024
 MAX_YAML_NODES = 100_000  # after alias expansion ("billion laughs" guard)
 MAX_DURATION = 30 * 24 * 3600.0
-STEP_KINDS = ("sh", "echo", "archive")
+STEP_KINDS = ("sh", "echo", "archive", "notify")
+NOTIFY_OUTSIDE_POST = "notify steps are only allowed in post blocks"
 
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NOTIFIER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
 
 
@@ -161,8 +164,27 @@ class ShScript(_Model):
     retry: Retry | None = None
 
 
+class NotifyStep(_Model):
+    """A ``notify`` post step: tell a controller-configured notifier, optionally with a
+    ``message`` of its own (no shell expansion; ``${PARAM}`` placeholders of build
+    parameters are substituted by the controller)."""
+
+    notifier: Annotated[str, Field(min_length=1, max_length=200)]
+    message: Annotated[str, BeforeValidator(_scalar_to_str)] | None = None
+
+    @field_validator("notifier")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NOTIFIER_NAME.fullmatch(value):
+            raise _error(
+                "notifier_name", f"invalid notifier name {value!r} (use [A-Za-z0-9][A-Za-z0-9._-]*)"
+            )
+        return value
+
+
 class Step(_Model):
-    """One step: exactly one of ``sh``, ``echo``, ``archive``.
+    """One step: exactly one of ``sh``, ``echo``, ``archive`` or (in ``post`` only)
+    ``notify``.
 
     After validation ``timeout``/``retry`` hold the effective values, also when they
     were written inside the ``sh`` mapping (those are moved here; ``sh`` keeps the script).
@@ -171,12 +193,17 @@ class Step(_Model):
     sh: ShScript | None = None
     echo: str | None = None
     archive: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    notify: NotifyStep | None = None
     timeout: Duration | None = None
     retry: Retry | None = None
 
     @property
-    def kind(self) -> Literal["sh", "echo", "archive"]:
-        return "sh" if self.sh is not None else "echo" if self.echo is not None else "archive"
+    def kind(self) -> Literal["sh", "echo", "archive", "notify"]:
+        if self.sh is not None:
+            return "sh"
+        if self.echo is not None:
+            return "echo"
+        return "notify" if self.notify is not None else "archive"
 
     @model_validator(mode="before")
     @classmethod
@@ -206,8 +233,18 @@ class Step(_Model):
     def _archive_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("notify", mode="before")
+    @classmethod
+    def _notify_short_form(cls, value: Any) -> Any:
+        return {"notifier": value} if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _fold_sh_options(self) -> Step:
+        if self.notify is not None and (self.timeout is not None or self.retry is not None):
+            raise _error(
+                "step",
+                "notify steps take no timeout or retry (the controller retries deliveries)",
+            )
         if self.sh is not None:
             for option in ("timeout", "retry"):
                 inner = getattr(self.sh, option)
@@ -477,6 +514,29 @@ class _TooBig(Exception):
     pass
 
 
+def _misplaced_notify(data: dict[Any, Any]) -> list[tuple[Loc, str]]:
+    """``notify`` steps in stages or parallel branches: they belong to ``post`` only.
+    Checked on the raw document so that the error is reported with the others."""
+    problems: list[tuple[Loc, str]] = []
+
+    def check_steps(steps: Any, loc: Loc) -> None:
+        if isinstance(steps, list):
+            for n, step in enumerate(steps):
+                if isinstance(step, dict) and "notify" in step:
+                    problems.append(((*loc, n), NOTIFY_OUTSIDE_POST))
+
+    stages = data.get("stages")
+    for i, stage in enumerate(stages if isinstance(stages, list) else []):
+        if not isinstance(stage, dict):
+            continue
+        check_steps(stage.get("steps"), ("stages", i, "steps"))
+        branches = stage.get("parallel")
+        for j, branch in enumerate(branches if isinstance(branches, list) else []):
+            if isinstance(branch, dict):
+                check_steps(branch.get("steps"), ("stages", i, "parallel", j, "steps"))
+    return problems
+
+
 def _semantic_checks(pipeline: Pipeline) -> list[tuple[Loc, str]]:
     """Cross-field checks: unique names, conditions naming declared parameters."""
     problems: list[tuple[Loc, str]] = []
@@ -562,6 +622,7 @@ def parse_pipeline(text: str, filename: str = "conveyor.yml") -> Pipeline:
         kind = "a list" if isinstance(data, list) else f"{type(data).__name__} {data!r:.40}"
         raise fail(root.start_mark.line + 1, f"a pipeline must be a mapping, got {kind}")
 
+    problems.extend(_misplaced_notify(data))
     issues: list[tuple[Loc, Loc, str]] = [(loc, loc, message) for loc, message in problems]
     pipeline: Pipeline | None = None
     try:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-StepKind = Literal["sh", "echo", "archive"]
+StepKind = Literal["sh", "echo", "archive", "notify"]  # notify: post only, run by the controller
 PostCondition = Literal["always", "success", "failure", "cancelled"]
 
 
@@ -26,7 +26,8 @@ class StepPlan(BaseModel):
     kind: StepKind
     name: str  # short display text, e.g. "sh: make test"
     script: str | None = None  # kind == "sh"
-    message: str | None = None  # kind == "echo"
+    message: str | None = None  # kind == "echo"; kind == "notify": its own message, if any
+    notifier: str | None = None  # kind == "notify": the notifier's name
     paths: list[str] = Field(default_factory=list)  # kind == "archive": glob patterns
     timeout: float | None = None  # seconds, per attempt
     retry: int = 0  # extra attempts after a failure

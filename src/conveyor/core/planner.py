@@ -11,7 +11,8 @@ variables named like the parameter), stage ``environment``, parallel branch
 ``environment`` holds the merged stage/branch variables (the agent applies it on top).
 
 Keys: stage ``"<i>"``, parallel branch ``"<i>.<j>"``; step ``"<stage key>.<n>"`` (e.g.
-``"0.2"``, ``"1.0.3"``); post step ``"post.<condition>.<n>"``. A stage has either steps
+``"0.2"``, ``"1.0.3"``); post step ``"post.<condition>.<n>"`` (also ``notify`` steps,
+which the agent leaves to the controller). A stage has either steps
 or branches, so all stage and step keys of a plan are distinct. This module is pure.
 """
 
@@ -132,6 +133,8 @@ def describe_condition(cond: Condition) -> str:
 
 
 def _step_name(step: Step) -> str:
+    if step.notify is not None:
+        return f"notify: {step.notify.notifier}"
     if step.sh is not None:
         text = step.sh.script
     elif step.echo is not None:
@@ -152,7 +155,8 @@ def _plan_step(step: Step, key: str, stage: str, env: dict[str, str]) -> StepPla
         kind=step.kind,
         name=_step_name(step),
         script=step.sh.script if step.sh is not None else None,
-        message=step.echo,
+        message=step.notify.message if step.notify is not None else step.echo,
+        notifier=step.notify.notifier if step.notify is not None else None,
         paths=list(step.archive or []),
         timeout=step.timeout,
         retry=step.retry or 0,

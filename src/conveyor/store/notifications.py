@@ -25,7 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Row
 
-from conveyor.store.schema import Id, metadata
+from conveyor.core.states import StepState
+from conveyor.store.schema import Id, build_steps, metadata
 from conveyor.store.store import Store
 from conveyor.store.types import UTCDateTime
 
@@ -40,6 +41,7 @@ __all__ = [
     "list_deliveries",
     "notification_deliveries",
     "record_attempt",
+    "set_build_step",
 ]
 
 #: Delivery states: being sent (attempts go on), and the two outcomes.
@@ -213,3 +215,29 @@ async def list_deliveries(store: Store, build_id: int, limit: int = 200) -> list
             )
         ).all()
     return [_delivery(r) for r in rows]
+
+
+async def set_build_step(
+    store: Store,
+    build_id: int,
+    key: str,
+    state: StepState,
+    now: datetime,
+    exit_code: int | None = None,
+) -> None:
+    """Set the state of one of a build's steps by ``(build_id, key)``: for the steps the
+    controller runs itself (``notify`` post steps), which have no assignment. ``running``
+    sets ``started_at`` (attempt 1); any other state sets ``finished_at`` and
+    ``exit_code``. It overwrites whatever state the row had (a finished build's
+    pending steps are already ``skipped``)."""
+    values: dict[str, Any] = {"state": state.value}
+    if state == StepState.RUNNING:
+        values.update(attempt=1, started_at=now, finished_at=None, exit_code=None)
+    else:
+        values.update(exit_code=exit_code, finished_at=now)
+    async with store.write() as conn:
+        await conn.execute(
+            update(build_steps)
+            .where(build_steps.c.build_id == build_id, build_steps.c.key == key)
+            .values(**values)
+        )
