@@ -202,6 +202,13 @@ class Metrics:
             ["agent"],
             registry=r,
         )
+        self.agent_network_bytes = Gauge(
+            "conveyor_agent_network_bytes",
+            "Network bytes sent/received by online agents' hosts since boot, from their last "
+            "heartbeat (graph with rate()). Leader only.",
+            ["agent", "direction"],
+            registry=r,
+        )
         self.lease_epoch = OptionalGauge(
             "conveyor_lease_epoch",
             "Epoch (fencing token) of the leader lease. Leader only.",
@@ -285,6 +292,7 @@ class Metrics:
             self.agent_memory_percent,
             self.agent_disk_percent,
             self.agent_load1,
+            self.agent_network_bytes,
         ):
             gauge.clear()
         self.builds_running.clear()
@@ -311,6 +319,10 @@ class Metrics:
                 value = figures.get(key)
                 if value is not None:
                     gauge.labels(name).set(value)
+            for direction, key in (("sent", "net_sent_bytes"), ("received", "net_recv_bytes")):
+                value = figures.get(key)
+                if value is not None:
+                    self.agent_network_bytes.labels(name, direction).set(value)
         self._cluster_gauges_set = True
 
     # ---------------------------------------------------------------- exposition
@@ -420,6 +432,8 @@ class MetricsUpdater:
                 "memory_percent": _number(agent.memory_percent),
                 "disk_percent": _number(figures.get("disk_percent")),
                 "load1": _number(figures.get("load1")),
+                "net_sent_bytes": _number(figures.get("net_sent_bytes")),
+                "net_recv_bytes": _number(figures.get("net_recv_bytes")),
             }
         log.debug("metrics.snapshot", seconds=round(time.perf_counter() - started, 4))
         return snap

@@ -199,7 +199,12 @@ async def test_metric_values_after_a_scripted_sequence_of_builds(
     figures = {
         "cpu_percent": 50,
         "memory_percent": 60,
-        "metrics": {"disk_percent": 70.5, "load1": 1.25},
+        "metrics": {
+            "disk_percent": 70.5,
+            "load1": 1.25,
+            "net_sent_bytes": 1000,
+            "net_recv_bytes": 2000,
+        },
     }
     await ok(await client.post(f"/agent/v1/agents/{a1}/heartbeat", json=figures))
     await ok(await client.post(f"/agent/v1/agents/{a2}/heartbeat", json={}))
@@ -223,6 +228,8 @@ async def test_metric_values_after_a_scripted_sequence_of_builds(
     assert value(m, "conveyor_agent_memory_percent", agent="a1") == 60
     assert value(m, "conveyor_agent_disk_percent", agent="a1") == 70.5
     assert value(m, "conveyor_agent_load1", agent="a1") == 1.25
+    assert value(m, "conveyor_agent_network_bytes", agent="a1", direction="sent") == 1000
+    assert value(m, "conveyor_agent_network_bytes", agent="a1", direction="received") == 2000
     assert samples(m, "conveyor_agent_cpu_percent") == {(("agent", "a1"),): 50}
     assert value(m, "conveyor_agent_disk_percent", agent=f"a{a3}") is None
     assert value(m, "conveyor_store_up") == 1

@@ -445,6 +445,7 @@ def _system_metrics(workdir: Path) -> dict[str, object]:
     except OSError:
         disk_percent = None
     load1, _, _ = psutil.getloadavg()
+    net = psutil.net_io_counters()
     return {
         "cpu_percent": psutil.cpu_percent(interval=None),
         "memory_percent": memory.percent,
@@ -452,5 +453,8 @@ def _system_metrics(workdir: Path) -> dict[str, object]:
             "disk_percent": disk_percent,
             "load1": load1,
             "memory_total": memory.total,
+            # Cumulative since the host booted: graph with rate().
+            "net_sent_bytes": net.bytes_sent if net is not None else None,
+            "net_recv_bytes": net.bytes_recv if net is not None else None,
         },
     }

@@ -113,8 +113,6 @@ class BuildService:
             await self._retry(build, lost_retries=build.lost_retries - 1, extra_attempt=1)
         elif build.state in RETRYABLE and build.attempt < build.max_attempts:
             await self._retry(build, lost_retries=build.lost_retries, extra_attempt=0)
-        elif build.state == BuildState.LOST:
-            await self.store.fail_lost_build(build.id)
         # The freed executor matters more than the log's final resting place:
         # wake the dispatcher first, compact off the answer's path (the reaper
         # compacts whatever a crash left behind).

@@ -979,9 +979,11 @@ class Store(StoreBase):
     async def reap_agents(
         self, cutoff: datetime, fence: Fence | None, now: datetime
     ) -> list[BuildRecord]:
-        """Mark agents unseen since ``cutoff`` offline; their active builds become lost.
+        """Mark agents unseen since ``cutoff`` offline; their active builds end: `lost`
+        when a lost-retry is left (the caller retries them), else `failed` ("agent
+        lost"), or `cancelled` when a cancel was pending.
 
-        Returns the builds this call marked lost (the caller may retry them)."""
+        Returns the builds this call ended."""
         async with self.write() as conn:
             if fence is not None:
                 await self._check_fence(conn, fence, now)
@@ -1003,7 +1005,14 @@ class Store(StoreBase):
             lost: list[BuildRecord] = []
             for row in lost_rows:
                 cancelled = bool(row.cancel_requested)
-                state = BuildState.CANCELLED if cancelled else BuildState.LOST
+                # `lost` means "retried on another agent"; with no lost-retry left the
+                # build ends `failed` at once (one write: nobody ever sees it `lost`).
+                if cancelled:
+                    state = BuildState.CANCELLED
+                elif row.lost_retries > 0:
+                    state = BuildState.LOST
+                else:
+                    state = BuildState.FAILED
                 cause = row.cause if cancelled else "agent lost"
                 await conn.execute(
                     update(builds)
@@ -1014,17 +1023,6 @@ class Store(StoreBase):
                 fresh = (await conn.execute(select(builds).where(builds.c.id == row.id))).one()
                 lost.append(_build(fresh))
         return lost
-
-    async def fail_lost_build(self, build_id: int) -> BuildRecord:
-        """A lost build that will not be retried ends failed, its cause kept ("agent lost")."""
-        async with self.write() as conn:
-            await conn.execute(
-                update(builds)
-                .where(builds.c.id == build_id, builds.c.state == BuildState.LOST.value)
-                .values(state=BuildState.FAILED.value)
-            )
-            row = (await conn.execute(select(builds).where(builds.c.id == build_id))).one()
-        return _build(row)
 
     # ------------------------------------------------------------- controllers
     async def controller_heartbeat(
