@@ -157,6 +157,6 @@ def test_artifacts_and_logs_served_by_every_controller(
 
     keys = dict(run_sync(in_bucket()))
     assert keys[f"artifacts/{build_id}/dist/payload.bin"] == 3_000_000
-    assert any(k.startswith("logs/") and k.endswith(f"/{build_id}.log") for k in keys), keys
+    assert any(k.startswith(f"logs/000000/{build_id}-") and k.endswith(".log") for k in keys), keys
     for controller in controllers:
         assert not (controller.home / "blobs" / "artifacts").exists()

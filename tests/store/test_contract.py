@@ -176,7 +176,11 @@ async def test_run_log_finish_lifecycle(store: Store, clock: FakeClock) -> None:
     assert steps["0.0"].state == StepState.SUCCEEDED and steps["0.0"].exit_code == 0
 
     assert await store.uncompacted_finished_builds() == [build.id]
-    await store.mark_log_compacted(build.id, "logs/x.log", 12)
+    assert await store.mark_log_compacted(build.id, "logs/x.log", 12)
+    # A racing second compaction does not take effect (its caller deletes its blob).
+    assert not await store.mark_log_compacted(build.id, "logs/y.log", 0)
+    fresh = await store.get_build(build.id)
+    assert (fresh.log_blob, fresh.log_size) == ("logs/x.log", 12)
     assert await store.uncompacted_finished_builds() == []
     assert await store.read_log_chunks(build.id, 0, 100) == b""
 

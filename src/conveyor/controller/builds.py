@@ -8,6 +8,7 @@ the pipeline's retry policy allows, queues the retry as a new linked build.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Mapping
 
 import structlog
@@ -33,7 +34,9 @@ RETRYABLE = frozenset({BuildState.FAILED, BuildState.TIMED_OUT, BuildState.LOST}
 
 
 def log_blob_key(build_id: int) -> str:
-    return f"logs/{build_id // 1000:06d}/{build_id}.log"
+    # A key of its own per compaction: two racing compactions (the finishing
+    # controller's and the leader's catch-up) never overwrite each other's blob.
+    return f"logs/{build_id // 1000:06d}/{build_id}-{uuid.uuid4().hex[:12]}.log"
 
 
 def plan_steps(plan: BuildPlan) -> list[NewStep]:
@@ -148,9 +151,13 @@ class BuildService:
         if build.log_blob is not None:
             return
         data = await self.store.read_log_chunks(build_id, 0, max(build.log_size, 0) + 1)
+        if len(data) < build.log_size and (await self.store.get_build(build_id)).log_blob:
+            return  # compacted meanwhile by someone else: the chunks we missed are in it
         key = log_blob_key(build_id)
         stored = await self.blobs.put_bytes(key, data)
-        await self.store.mark_log_compacted(build_id, key, stored.size)
+        if not await self.store.mark_log_compacted(build_id, key, stored.size):
+            await self.blobs.delete(key)  # another compaction won the race
+            return
         if self.failures is not None:
             # The log is final now: classify a failure from its tail.
             analysis = await self.failures.analyse_quietly(self.store, self.blobs, build)

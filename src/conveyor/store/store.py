@@ -808,14 +808,19 @@ class Store(StoreBase):
             position = offset + len(data)
         return bytes(out[:limit])
 
-    async def mark_log_compacted(self, build_id: int, blob_key: str, size: int) -> None:
+    async def mark_log_compacted(self, build_id: int, blob_key: str, size: int) -> bool:
+        """Point the build at its compacted log and drop the chunks, unless another
+        compaction won already: returns whether this one took effect."""
         async with self.write() as conn:
-            await conn.execute(
+            result = await conn.execute(
                 update(builds)
-                .where(builds.c.id == build_id)
+                .where(builds.c.id == build_id, builds.c.log_blob.is_(None))
                 .values(log_blob=blob_key, log_size=size)
             )
+            if result.rowcount != 1:
+                return False
             await conn.execute(delete(log_chunks).where(log_chunks.c.build_id == build_id))
+        return True
 
     async def uncompacted_finished_builds(self, limit: int = 100) -> list[int]:
         async with self.read() as conn:
