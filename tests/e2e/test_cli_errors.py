@@ -84,3 +84,13 @@ def test_wrong_token_and_unreachable_server(controller: Controller) -> None:
     )  # fmt: skip
     assert run.returncode == 2 and "cannot reach" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_server_with_a_bad_database_url(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "conveyor", "server", "--home", str(tmp_path),
+         "--database", "bogus://x"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "unsupported database URL" in run.stderr and "Traceback" not in run.stderr

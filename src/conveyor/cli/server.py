@@ -62,9 +62,20 @@ def _announce(runtime: Runtime, url: str) -> None:
     out.print(f"Conveyor controller at [bold]{url}[/] (database {runtime.store.dialect})")
 
 
+def _build_runtime(settings: Settings) -> Runtime:
+    """The runtime, or a clear message and exit 2 for bad configuration (a database URL,
+    a failure-patterns or notifications file) instead of a traceback."""
+    from conveyor.cli.client import fail
+
+    try:
+        return Runtime.build(settings)
+    except ValueError as exc:
+        fail(str(exc))
+
+
 def run_server(settings: Settings, log_format: str | None = None) -> None:
     configure_logging(settings.log_level, log_format)
-    runtime = Runtime.build(settings)
+    runtime = _build_runtime(settings)
     structlog.contextvars.bind_contextvars(controller=runtime.controller_id)
     app = create_app(runtime)
     url = settings.public_url or f"http://{settings.host}:{settings.port}"
@@ -100,7 +111,7 @@ def run_up(
 ) -> None:
     configure_logging(settings.log_level, log_format)
     settings.port = _free_port(settings.host, settings.port)
-    runtime = Runtime.build(settings)
+    runtime = _build_runtime(settings)
     structlog.contextvars.bind_contextvars(controller=runtime.controller_id)
     app = create_app(runtime)
     url = f"http://{settings.host}:{settings.port}"
