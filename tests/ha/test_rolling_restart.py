@@ -1,0 +1,128 @@
+"""Rolling restart under load: three controllers behind real nginx on PostgreSQL are
+restarted one at a time (SIGTERM, start again, wait until ready) while builds are
+being submitted and jobs and builds read. No accepted build may be lost and no
+idempotent request may fail."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from tests.ha.conftest import Cluster
+from tests.harness import wait_until
+
+
+class Load(threading.Thread):
+    """One client in a loop through the load balancer, recording every outcome."""
+
+    def __init__(self, cluster: Cluster, request: Callable[[httpx.Client], httpx.Response]) -> None:
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.request = request
+        self.accepted: list[int] = []
+        self.ok = 0
+        self.failures: list[str] = []
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        with self.cluster.client() as c:
+            while not self.stop_event.is_set():
+                started = time.monotonic()
+                try:
+                    r = self.request(c)
+                    if r.status_code in (200, 201):
+                        self.ok += 1
+                        if r.request.method == "POST":
+                            self.accepted.append(int(r.json()["id"]))
+                    else:
+                        self.failures.append(f"{r.request.method} HTTP {r.status_code}: {r.text[:200]}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                # A steady pace, not a flood: 2 CPUs are shared with the controllers.
+                time.sleep(max(0.0, 0.05 - (time.monotonic() - started)))
+
+
+def _all_builds(client: httpx.Client, job: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor: int | None = None
+    while True:
+        params: dict[str, Any] = {"job": job, "limit": 500}
+        if cursor is not None:
+            params["cursor"] = cursor
+        page = client.get("/api/v1/builds", params=params)
+        page.raise_for_status()
+        items += page.json()["items"]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            return items
+
+
+def test_rolling_restart_loses_no_build_and_fails_no_request(cluster: Cluster) -> None:
+    spec = (
+        "name: roll\nstages:\n  - name: run\n    steps:\n      - sh: |\n"
+        f'          echo "$CONVEYOR_AGENT_NAME" >> {cluster.ledger}/$CONVEYOR_BUILD_ID\n'
+    )
+    with cluster.client() as c:
+        c.post("/api/v1/jobs", json={"spec": spec}).raise_for_status()
+    submit = Load(cluster, lambda c: c.post("/api/v1/jobs/roll/builds", json={}))
+    reads = [
+        Load(cluster, lambda c: c.get("/api/v1/jobs")),
+        Load(cluster, lambda c: c.get("/api/v1/builds", params={"job": "roll", "limit": 20})),
+    ]
+    loads = [submit, *reads]
+    for load in loads:
+        load.start()
+    wait_until(lambda: len(submit.accepted) >= 10, 60, what="builds accepted before the restart")
+    restarted = []
+    for controller in cluster.controllers:
+        before = submit.ok + sum(r.ok for r in reads)
+        assert controller.proc is not None
+        controller.stop()  # SIGTERM, then wait for the process to exit
+        assert controller.proc.returncode is not None
+        controller.start()  # same port and home; returns once /readyz answers 200
+        restarted.append(controller.home.name)
+        # Traffic kept flowing through the restart, and goes on before the next one.
+        wait_until(
+            lambda b=before: submit.ok + sum(r.ok for r in reads) >= b + 40,  # type: ignore[misc]
+            60,
+            what="requests to go on after the restart",
+        )
+    for load in loads:
+        load.stop_event.set()
+    for load in loads:
+        load.join(60)
+    accepted = submit.accepted
+    assert restarted == ["c1", "c2", "c3"]
+    assert len(accepted) >= 50, f"only {len(accepted)} builds accepted"
+    with cluster.client() as c:
+
+        def all_finished() -> list[dict[str, Any]] | None:
+            items = _all_builds(c, "roll")
+            done = [b for b in items if b["result"]]
+            return items if len(done) == len(items) else None
+
+        builds = wait_until(all_finished, 240, interval=0.5, what="every build to finish")
+    by_id = {int(b["id"]): b for b in builds}
+    # No accepted build is lost: each one exists, succeeded and ran exactly once.
+    assert sorted(by_id) == sorted(accepted), "builds in the store differ from those accepted"
+    assert {b["state"] for b in builds} == {"succeeded"}
+    runs = {int(p.name): p.read_text().split() for p in cluster.ledger.iterdir()}
+    assert sorted(runs) == sorted(accepted)
+    assert all(len(agents) == 1 for agents in runs.values())
+    # No request failed: not the idempotent reads, and not even the build submissions.
+    for load in loads:
+        assert load.failures == [], load.failures[:5]
+    assert all(r.ok > 100 for r in reads), [r.ok for r in reads]
+    # nginx's access log names every upstream it tried: more than one means the request
+    # was retried on the next controller (connection refused while one was down).
+    log = (cluster.nginx.root / "logs" / "access.log").read_text().splitlines()
+    retried = [line for line in log if "upstream=" in line and ", " in line.split("upstream=")[1]]
+    print(
+        f"\nrolling restart: {len(accepted)} builds accepted, "
+        f"{sum(r.ok for r in reads)} reads, {len(log)} requests through nginx, "
+        f"{len(retried)} retried on another controller"
+    )
