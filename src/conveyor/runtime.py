@@ -102,9 +102,10 @@ class Runtime:
         """Migrate the schema and make sure an admin token exists."""
         await upgrade(self.store.write_engine)
         if await self.store.count_tokens() == 0:
-            token = new_token()
+            token = self.settings.admin_token or new_token()
             await self.store.create_token("admin", hash_token(token), "admin", self.clock())
-            self.first_admin_token = token
+            if self.settings.admin_token is None:  # handed in: not printed to the log
+                self.first_admin_token = token
             self.write_admin_token(token)
 
     def write_admin_token(self, token: str) -> Path:

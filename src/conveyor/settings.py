@@ -50,6 +50,11 @@ class Settings(BaseSettings):
         default=30, ge=0, description="days a finished build keeps its artifacts"
     )
     log_level: str = "info"
+    #: The first admin token, for deployments that hand it in from a secret store
+    #: (Kubernetes/Docker secrets) instead of reading it from the first controller's home.
+    admin_token: str | None = Field(
+        default=None, description="admin token to create on an empty database (env only)"
+    )
     failure_patterns_file: Path | None = Field(
         default=None,
         description="YAML file of failure patterns tried before the shipped ones "

@@ -9,6 +9,7 @@ import typer
 
 from conveyor import __version__
 from conveyor.cli import agent, blobs, builds, cluster, jobs, lb
+from conveyor.cli import healthcheck as healthcheck_cli
 from conveyor.core.dispatch import Strategy
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app.add_typer(agent.app, name="agent")
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(blobs.app, name="blobs")
 app.command("lb-config")(lb.lb_config)
+app.command("healthcheck")(healthcheck_cli.healthcheck)
 
 HomeOpt = Annotated[
     Path, typer.Option(envvar="CONVEYOR_HOME", help="state folder (SQLite, blobs, tokens)")
