@@ -32,7 +32,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 conveyor \
  && useradd --system --uid 10001 --gid conveyor --home-dir /var/lib/conveyor \
-      --create-home --shell /usr/sbin/nologin conveyor
+      --create-home --shell /usr/sbin/nologin conveyor \
+ && mkdir -p /var/lib/conveyor/blobs /var/lib/conveyor/work \
+ && chown -R conveyor:conveyor /var/lib/conveyor
 COPY --from=build /opt/conveyor /opt/conveyor
 COPY deploy/docker/entrypoint.sh /usr/local/bin/conveyor-entrypoint
 WORKDIR /var/lib/conveyor
