@@ -23,7 +23,9 @@ OTHER_OWNERS = {"agents-hpa.yaml"}
 
 def _manifest_files() -> list[Path]:
     return sorted(
-        p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml" and p.name not in OTHER_OWNERS
+        p
+        for p in K8S.glob("*.yaml")
+        if p.name != "kustomization.yaml" and p.name not in OTHER_OWNERS
     )
 
 

@@ -39,7 +39,9 @@ class Load(threading.Thread):
                         if r.request.method == "POST":
                             self.accepted.append(int(r.json()["id"]))
                     else:
-                        self.failures.append(f"{r.request.method} HTTP {r.status_code}: {r.text[:200]}")
+                        self.failures.append(
+                            f"{r.request.method} HTTP {r.status_code}: {r.text[:200]}"
+                        )
                 except httpx.HTTPError as exc:
                     self.failures.append(f"{type(exc).__name__}: {exc}")
                 # A steady pace, not a flood: 2 CPUs are shared with the controllers.
