@@ -126,6 +126,9 @@ class ClusterConfig:
     nginx: str | None = None
     timeout: float = 90.0
     log_level: str = "info"
+    #: The controllers' notifications file (CONVEYOR_NOTIFICATIONS_FILE; notifiers and
+    #: rules, docs/notifications.md). Our own CONVEYOR_* variables are not passed on.
+    notifications_file: Path | None = None
 
 
 def redact(url: str) -> str:
@@ -357,6 +360,8 @@ def _start(
     # The database URL (it may hold a password) goes by environment, not on the command
     # line where `ps` and the log header would show it.
     controller_env = _child_env(CONVEYOR_DATABASE_URL=database_url)
+    if config.notifications_file is not None:
+        controller_env["CONVEYOR_NOTIFICATIONS_FILE"] = str(config.notifications_file.absolute())
 
     def controller(i: int) -> tuple[ClusterProcess, subprocess.Popen[bytes]]:
         port = _free_port(taken)

@@ -71,6 +71,15 @@ def cluster_up(
         float, typer.Option(min=1, help="seconds to wait for each step to be ready")
     ] = 90.0,
     log_level: Annotated[str, typer.Option(help="controllers' and agents' log level")] = "info",
+    notifications_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="the controllers' notifications file (docs/notifications.md)",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ] = None,
 ) -> None:
     """Start controllers, nginx and agents in the background; print the URL."""
     try:
@@ -85,6 +94,7 @@ def cluster_up(
             nginx=nginx,
             timeout=timeout,
             log_level=log_level,
+            notifications_file=notifications_file,
         )
         state = up(config, _report)
         _, rows = status(home)
