@@ -27,6 +27,7 @@ class Load(threading.Thread):
         self.ok = 0
         self.failures: list[str] = []
         self.stop_event = threading.Event()
+        self.pace = 0.05
 
     def run(self) -> None:
         with self.cluster.client() as c:
@@ -45,7 +46,7 @@ class Load(threading.Thread):
                 except httpx.HTTPError as exc:
                     self.failures.append(f"{type(exc).__name__}: {exc}")
                 # A steady pace, not a flood: 2 CPUs are shared with the controllers.
-                time.sleep(max(0.0, 0.05 - (time.monotonic() - started)))
+                time.sleep(max(0.0, self.pace - (time.monotonic() - started)))
 
 
 def _all_builds(client: httpx.Client, job: str) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from conveyor import __version__
 from conveyor.api.deps import RuntimeDep
-from conveyor.store.migrate import current_revision, head_revision
+from conveyor.store.migrate import current_revision, fit, head_revision
 
 router = APIRouter(tags=["health"])
 
@@ -34,9 +34,12 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     if runtime.settings.role == "standby" and not runtime.lease.is_leader:
         return JSONResponse({"status": "standby", "detail": "not the leader"}, status_code=503)
     head = head_revision()
-    if revision != head:
+    schema = fit(revision)
+    if not schema.serves:
         return JSONResponse(
             {"status": "unavailable", "detail": f"schema at {revision}, expected {head}"},
             status_code=503,
         )
-    return JSONResponse({"status": "ready", "schema": revision})
+    # "newer": a later release's expand migration, which this release runs with
+    # (rolling upgrade, docs/upgrading.md).
+    return JSONResponse({"status": "ready", "schema": revision, "fit": schema.value})
