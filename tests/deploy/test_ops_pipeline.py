@@ -194,3 +194,23 @@ def test_ops_pipeline_deploys_and_reports_every_outcome(
     message = _delivered(home, webhook, build["id"])
     assert message["event"] == "failure" and message["step"] == "post.failure.0"
     assert message["message"].startswith("update on local FAILED")
+
+
+@pytest.mark.parametrize(
+    ("operation", "branch"),
+    [("deploy", "deploy"), ("update", "deploy"), ("scale", "scale"), ("backup", "backup")],
+)
+def test_each_operation_runs_its_branch_between_check_and_verify(
+    operation: str, branch: str
+) -> None:
+    from conveyor.core.pipeline import parse_pipeline
+    from conveyor.core.planner import plan_build
+
+    pipeline = parse_pipeline(PIPELINE.read_text(), PIPELINE.name)
+    plan = plan_build(pipeline, {"OPERATION": operation, "CONFIG_DIR": "/srv/ops/staging"})
+    assert [s.name for s in plan.stages] == ["pre-check", "operation", "verify"]
+    running = [s.name for s in plan.stages[1].parallel if not s.skipped]
+    assert running == [f"operation/{branch}"]
+    post = pipeline.post
+    for block in (post.success, post.failure, post.cancelled):  # every outcome
+        assert [s.notify.notifier for s in block if s.notify is not None] == ["ops"]
