@@ -5,6 +5,8 @@ idempotent request may fail."""
 
 from __future__ import annotations
 
+import json
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -129,3 +131,44 @@ def test_rolling_restart_loses_no_build_and_fails_no_request(cluster: Cluster) -
         f"{sum(r.ok for r in reads)} reads, {len(log)} requests through nginx, "
         f"{len(retried)} retried on another controller"
     )
+
+
+def test_a_request_in_flight_completes_during_graceful_shutdown(cluster: Cluster) -> None:
+    """SIGTERM while a request is still arriving: the controller stops accepting new
+    connections but finishes this one (uvicorn's graceful shutdown), and it is stored."""
+    controller = cluster.controllers[0]
+    assert controller.proc is not None
+    padding = [f"# line {i:06d} of a long comment, sent slowly\n".encode() for i in range(3000)]
+    body_head = (
+        b'{"spec": "name: in-flight\\nstages:\\n  - name: s\\n    steps:\\n      - echo: hi\\n'
+    )
+    signalled = threading.Event()
+
+    def slow_body() -> Any:
+        yield body_head
+        for i, line in enumerate(padding):
+            if i == 100:
+                controller.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+                signalled.set()
+            if i % 100 == 0:
+                time.sleep(0.05)  # about 1.5 s in all, well inside the 5 s grace period
+            yield json.dumps(line.decode())[1:-1].encode()
+        yield b'"}'
+
+    with httpx.Client(
+        base_url=controller.url, headers={"Authorization": f"Bearer {cluster.token}"}
+    ) as direct:
+        response = direct.post(
+            "/api/v1/jobs",
+            content=slow_body(),
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
+    assert signalled.is_set()
+    assert response.status_code == 201, response.text
+    assert response.headers.get("connection") == "close"  # no reuse of a stopping server
+    assert controller.proc.wait(timeout=30) == 0  # it then exited, cleanly
+    with cluster.client() as c:  # through nginx, served by the other controllers
+        assert c.get("/api/v1/jobs/in-flight").json()["version"] == 1
+        # New connections to the stopped controller are refused; nginx carries on.
+        assert c.get("/api/v1/jobs").status_code == 200

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from conveyor import __version__
 from conveyor.api.deps import RuntimeDep
+from conveyor.core.schema_compat import SchemaFit
 from conveyor.store.migrate import current_revision, fit, head_revision
 
 router = APIRouter(tags=["health"])
@@ -40,6 +41,9 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
             {"status": "unavailable", "detail": f"schema at {revision}, expected {head}"},
             status_code=503,
         )
-    # "newer": a later release's expand migration, which this release runs with
-    # (rolling upgrade, docs/upgrading.md).
-    return JSONResponse({"status": "ready", "schema": revision, "fit": schema.value})
+    body = {"status": "ready", "schema": revision}
+    if schema is SchemaFit.NEWER:
+        # A later release's expand migration, which this release runs with during a
+        # rolling upgrade or after a rollback (docs/upgrading.md).
+        body["fit"] = schema.value
+    return JSONResponse(body)
