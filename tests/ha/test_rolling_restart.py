@@ -167,7 +167,9 @@ def test_a_request_in_flight_completes_during_graceful_shutdown(cluster: Cluster
     assert signalled.is_set()
     assert response.status_code == 201, response.text
     assert response.headers.get("connection") == "close"  # no reuse of a stopping server
-    assert controller.proc.wait(timeout=30) == 0  # it then exited, cleanly
+    # It then exited: uvicorn re-raises the SIGTERM it handled once it is done, so the
+    # status is "terminated by SIGTERM" (what systemd and Kubernetes count as clean).
+    assert controller.proc.wait(timeout=30) in (0, -signal.SIGTERM)
     with cluster.client() as c:  # through nginx, served by the other controllers
         assert c.get("/api/v1/jobs/in-flight").json()["version"] == 1
         # New connections to the stopped controller are refused; nginx carries on.
