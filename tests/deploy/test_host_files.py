@@ -6,6 +6,7 @@ here — docs/deployment.md)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.lb.render import Endpoint, LbOptions, render_nginx
 from tests.deploy.tools import DEPLOY, VENV_BIN, run, tool
+from tests.harness import free_port
 
 SYSTEMD = DEPLOY / "systemd"
 ANSIBLE = DEPLOY / "ansible"
@@ -121,3 +124,40 @@ def test_terraform_example_is_fmt_clean() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert (DEPLOY / "terraform" / "aws" / "main.tf").read_text().startswith("# EXAMPLE")
+
+
+def test_ansible_lb_role_renders_and_checks_the_nginx_config(tmp_path: Path) -> None:
+    """The load-balancer role's own tasks, run by ansible-playbook on this machine: the
+    configuration comes from `conveyor lb-config` for the inventory's controllers and
+    passes `nginx -t` (installing it and reloading nginx are left out: --tags)."""
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(
+        "all:\n  children:\n"
+        "    conveyor_controllers:\n      hosts:\n        10.0.0.11: {}\n        10.0.0.12: {}\n"
+        "    conveyor_lbs:\n      hosts:\n        localhost:\n"
+        "          ansible_connection: local\n"
+        f"          ansible_python_interpreter: {VENV_BIN / 'python'}\n"
+    )
+    target = tmp_path / "nginx.conf"
+    port = free_port()
+    extra = {
+        "conveyor_venv": str(VENV_BIN.parent),
+        "conveyor_lb_config_path": str(target),
+        "conveyor_lb_listen": f"127.0.0.1:{port}",
+    }
+    code, output = _run_in(
+        ANSIBLE, _ansible_env(tmp_path),
+        tool("ansible-playbook"), "-i", str(inventory), "site.yml",
+        "--limit", "localhost", "--tags", "conveyor_lb_config", "-e", json.dumps(extra),
+    )  # fmt: skip
+    assert code == 0, output
+    assert "Check the new configuration" in output
+    rendered = (tmp_path / "nginx.conf.conveyor-new").read_text()
+    expected = render_nginx(
+        LbOptions(
+            controllers=(Endpoint("10.0.0.11", 8080), Endpoint("10.0.0.12", 8080)),
+            listen=Endpoint("127.0.0.1", port),
+        )
+    )
+    assert rendered == expected
+    assert not target.exists()  # installing is another tag
