@@ -83,10 +83,13 @@ def test_rolling_restart_loses_no_build_and_fails_no_request(cluster: Cluster) -
         load.start()
     wait_until(lambda: len(submit.accepted) >= 10, 60, what="builds accepted before the restart")
     restarted = []
+    stop_seconds: list[float] = []
     for controller in cluster.controllers:
         before = submit.ok + sum(r.ok for r in reads)
         assert controller.proc is not None
+        stopping = time.monotonic()
         controller.stop()  # SIGTERM, then wait for the process to exit
+        stop_seconds.append(time.monotonic() - stopping)
         assert controller.proc.returncode is not None
         controller.start()  # same port and home; returns once /readyz answers 200
         restarted.append(controller.home.name)
@@ -129,7 +132,8 @@ def test_rolling_restart_loses_no_build_and_fails_no_request(cluster: Cluster) -
     print(
         f"\nrolling restart: {len(accepted)} builds accepted, "
         f"{sum(r.ok for r in reads)} reads, {len(log)} requests through nginx, "
-        f"{len(retried)} retried on another controller"
+        f"{len(retried)} retried on another controller; graceful stops took "
+        + ", ".join(f"{t:.1f}s" for t in stop_seconds)
     )
 
 
