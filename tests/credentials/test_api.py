@@ -132,7 +132,7 @@ async def test_bad_input_is_a_problem_and_stores_nothing(
         assert (await anon.get("/api/v1/credentials")).status_code == 401
         assert (
             await anon.post("/api/v1/credentials", json={"id": "y", "value": "v"})
-        ).status_code == 401  # noqa: E501
+        ).status_code == 401
 
 
 async def test_unknown_or_misbound_ids_are_refused_at_trigger(
