@@ -122,6 +122,18 @@ async def test_bad_input_is_a_problem_and_stores_nothing(
         "content-type": "application/json"
     })  # fmt: skip
     _problem(r, 400, "not valid JSON")
+    _problem(await _create(client, id="y", value=SECRET, description="a\0b"), 400, "NUL")
+    _problem(await _create(client, id="y", value="a\0b"), 400, "NUL")
+    r = await client.post(
+        "/api/v1/credentials",
+        content=b'{"id": "y", "value": "\\ud800"}',
+        headers={"content-type": "application/json"},
+    )
+    _problem(r, 400, "value: ")
+    _problem(await client.get("/api/v1/credentials/a%00b"), 400, "NUL")
+    _problem(await client.put("/api/v1/credentials/a%00b", json={"value": "v"}), 400, "NUL")
+    _problem(await client.delete("/api/v1/credentials/a%00b"), 400, "NUL")
+    _problem(await client.get("/api/v1/credentials", params={"prefix": "\0"}), 400, "NUL")
     for r in [await _create(client, id="x", value=SECRET)]:
         assert r.status_code == 201
     body = _problem(await _create(client, id="x", value="other"), 409, "exists")

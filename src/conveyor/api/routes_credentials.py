@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from conveyor.api.deps import Caller, CallerDep, RuntimeDep
 from conveyor.credentials.service import NO_KEY, CredentialsNotConfigured, CredentialVault
 from conveyor.credentials.values import MAX_VALUE_BYTES, check_credential_id, check_value
-from conveyor.errors import NotFound
+from conveyor.errors import InvalidInput, NotFound
 from conveyor.runtime import Runtime
 from conveyor.store.credentials import (
     CredentialRecord,
@@ -68,6 +68,12 @@ class CredentialOut(BaseModel):
         )
 
 
+def _no_nul(value: str | None, what: str) -> None:
+    # PostgreSQL text cannot hold NUL: refuse it here, as a 400, not a driver error.
+    if value is not None and "\0" in value:
+        raise InvalidInput(f"{what} must not contain NUL characters")
+
+
 def _vault(runtime: Runtime) -> CredentialVault:
     if runtime.credentials is None:
         raise CredentialsNotConfigured(NO_KEY)
@@ -93,6 +99,7 @@ async def create(
 ) -> CredentialOut:
     """Create a credential. Its value is encrypted at once and never shown again."""
     check_credential_id(body.id)
+    _no_nul(body.description, "description")
     fields = check_value(body.kind, body.value, body.username, body.password)
     record = await _vault(runtime).create(
         body.id, body.kind, body.description, fields, caller.name, runtime.clock()
@@ -109,11 +116,13 @@ async def list_all(
     prefix: Annotated[str | None, Query(max_length=200)] = None,
 ) -> list[CredentialOut]:
     """Credentials (metadata only), optionally those in one folder (``prefix=team-a/``)."""
+    _no_nul(prefix, "prefix")
     return [CredentialOut.of(c) for c in await list_credentials(runtime.store, prefix)]
 
 
 @router.get("/{cred_id:path}")
 async def show(cred_id: str, runtime: RuntimeDep, _: CallerDep) -> CredentialOut:
+    _no_nul(cred_id, "credential id")
     record = await get_credential(runtime.store, cred_id)
     if record is None:
         raise NotFound(f"no credential {cred_id!r}")
@@ -125,6 +134,8 @@ async def replace(
     cred_id: str, body: CredentialValueIn, runtime: RuntimeDep, caller: CallerDep
 ) -> CredentialOut:
     """Replace a credential's value (and kind or description when given)."""
+    _no_nul(cred_id, "credential id")
+    _no_nul(body.description, "description")
     current = await get_credential(runtime.store, cred_id)
     if current is None:
         raise NotFound(f"no credential {cred_id!r}")
@@ -138,6 +149,7 @@ async def replace(
 
 @router.delete("/{cred_id:path}", status_code=204)
 async def remove(cred_id: str, runtime: RuntimeDep, caller: CallerDep) -> Response:
+    _no_nul(cred_id, "credential id")
     await delete_credential(runtime.store, cred_id)
     _audit(caller, "credential.delete", cred_id)
     return Response(status_code=204)

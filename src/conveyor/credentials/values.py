@@ -57,7 +57,11 @@ def _check_text(field: str, value: Any, *, allow_empty: bool = False) -> str:
         raise InvalidInput(f"{field}: must not be empty")
     if "\0" in value:
         raise InvalidInput(f"{field}: must not contain NUL characters")
-    if len(value.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{field}: must be valid Unicode text") from None
+    if len(value.encode("utf-8")) > MAX_VALUE_BYTES:
         raise InvalidInput(f"{field}: longer than {MAX_VALUE_BYTES // 1024} KiB")
     return value
 
