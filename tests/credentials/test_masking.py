@@ -69,7 +69,7 @@ def test_no_patterns_pass_through() -> None:
 
 
 _alphabet = st.sampled_from(list(b"abcxyz01\n -"))
-_secret = st.lists(_alphabet, min_size=1, max_size=12).map(bytes)
+_secret = st.lists(_alphabet, min_size=1, max_size=30).map(bytes)
 _noise = st.lists(_alphabet, min_size=0, max_size=30).map(bytes)
 
 

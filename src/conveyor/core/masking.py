@@ -17,6 +17,7 @@ indistinguishable from the mask itself; such secrets are not supported.)
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 __all__ = [
     "MASK",
@@ -102,24 +103,56 @@ def mask_text(text: str, patterns: list[bytes]) -> str:
     return mask_bytes(raw, patterns).decode("utf-8", "replace")
 
 
-def _pending_prefix(data: bytes, patterns: list[bytes]) -> int:
+#: Candidate starts of a pending secret are found by searching for this many of the
+#: secret's first bytes (fast, in C); shorter tails are checked one by one.
+_HEAD = 8
+
+
+@dataclass(frozen=True)
+class _Prefixes:
+    """A pattern prepared for finding a pending tail: its head, and for tails shorter
+    than the head, the lengths whose last byte is a given byte (longest first)."""
+
+    pattern: bytes
+    head: bytes
+    short: dict[int, list[int]]
+
+    @classmethod
+    def of(cls, pattern: bytes) -> _Prefixes:
+        short: dict[int, list[int]] = {}
+        for k in range(min(_HEAD, len(pattern)) - 1, 0, -1):
+            short.setdefault(pattern[k - 1], []).append(k)
+        return cls(pattern, pattern[:_HEAD], short)
+
+
+def _pending_prefix(data: bytes, prepared: list[_Prefixes]) -> int:
     """Length of the longest tail of ``data`` that is a proper prefix of a pattern
     (0 if none): those bytes may still turn into a secret with the next chunk."""
     best = 0
-    for pattern in patterns:
-        window = min(len(pattern) - 1, len(data))
+    size = len(data)
+    if not size:
+        return 0
+    last = data[-1]
+    for p in prepared:
+        window = min(len(p.pattern) - 1, size)
         if window <= best:
             continue
-        base = len(data) - window
-        first = pattern[0]
-        i = data.find(first, base)
-        # Candidates start at an occurrence of the pattern's first byte; the first
-        # one that matches is the longest tail for this pattern.
-        while 0 <= i < len(data) and len(data) - i > best:
-            if pattern.startswith(data[i:]):
-                best = len(data) - i
+        found = False
+        # Tails at least as long as the head start with it; the first that matches
+        # (leftmost) is the longest for this pattern.
+        i = data.find(p.head, size - window)
+        while 0 <= i and size - i > best:
+            if p.pattern.startswith(data[i:]):
+                best, found = size - i, True
                 break
-            i = data.find(first, i + 1)
+            i = data.find(p.head, i + 1)
+        if not found:
+            for k in p.short.get(last, ()):
+                if k <= best:
+                    break
+                if k <= window and data.endswith(p.pattern[:k]):
+                    best = k
+                    break
     return best
 
 
@@ -135,6 +168,7 @@ class StreamMasker:
         self.patterns = sorted(
             {p for p in patterns if p}, key=lambda s: (-len(s), s)
         )  # longest first
+        self._prepared = [_Prefixes.of(p) for p in self.patterns]
         self._held = b""
 
     @property
@@ -149,7 +183,7 @@ class StreamMasker:
         if not buf:
             return b""
         spans = _occurrences(buf, self.patterns)
-        cut = len(buf) - _pending_prefix(buf, self.patterns)
+        cut = len(buf) - _pending_prefix(buf, self._prepared)
         for start, end in spans:
             if start < cut < end:
                 cut = end  # never split a found secret: emit it masked as a whole
