@@ -141,7 +141,7 @@ def _pending_prefix(data: bytes, prepared: list[_Prefixes]) -> int:
         # Tails at least as long as the head start with it; the first that matches
         # (leftmost) is the longest for this pattern.
         i = data.find(p.head, size - window)
-        while 0 <= i and size - i > best:
+        while i >= 0 and size - i > best:
             if p.pattern.startswith(data[i:]):
                 best, found = size - i, True
                 break
