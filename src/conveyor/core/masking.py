@@ -17,7 +17,6 @@ indistinguishable from the mask itself; such secrets are not supported.)
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 __all__ = [
     "MASK",
@@ -108,52 +107,47 @@ def mask_text(text: str, patterns: list[bytes]) -> str:
 _HEAD = 8
 
 
-@dataclass(frozen=True)
-class _Prefixes:
-    """A pattern prepared for finding a pending tail: its head, and for tails shorter
-    than the head, the lengths whose last byte is a given byte (longest first)."""
+class _PrefixIndex:
+    """Finds the longest tail of a buffer that is a proper prefix of some pattern.
 
-    pattern: bytes
-    head: bytes
-    short: dict[int, list[int]]
+    Tails of at least :data:`_HEAD` bytes start with a pattern's first ``_HEAD``
+    bytes: ``bytes.find`` (C speed) of each head over the last bytes finds the
+    candidates. Shorter tails are looked up in a set per length."""
 
-    @classmethod
-    def of(cls, pattern: bytes) -> _Prefixes:
-        short: dict[int, list[int]] = {}
-        for k in range(min(_HEAD, len(pattern)) - 1, 0, -1):
-            short.setdefault(pattern[k - 1], []).append(k)
-        return cls(pattern, pattern[:_HEAD], short)
+    def __init__(self, patterns: list[bytes]) -> None:
+        self.by_head: dict[bytes, list[bytes]] = {}
+        self.short: list[set[bytes]] = [set() for _ in range(_HEAD)]
+        for pattern in patterns:
+            if len(pattern) > _HEAD:
+                self.by_head.setdefault(pattern[:_HEAD], []).append(pattern)
+            for k in range(1, min(_HEAD, len(pattern))):
+                self.short[k].add(pattern[:k])
+        #: (head, longest tail that can start with it, patterns with that head)
+        self.heads = sorted(
+            ((h, max(map(len, ps)) - 1, ps) for h, ps in self.by_head.items()),
+            key=lambda item: -item[1],
+        )
 
-
-def _pending_prefix(data: bytes, prepared: list[_Prefixes]) -> int:
-    """Length of the longest tail of ``data`` that is a proper prefix of a pattern
-    (0 if none): those bytes may still turn into a secret with the next chunk."""
-    best = 0
-    size = len(data)
-    if not size:
+    def pending(self, data: bytes) -> int:
+        size = len(data)
+        best = 0
+        for head, window, candidates in self.heads:
+            if min(window, size) <= best:
+                break  # sorted by window: no longer tail possible from here on
+            i = data.find(head, size - min(window, size))
+            # Leftmost candidate that matches = the longest pending tail for this head.
+            while i >= 0 and size - i > best:
+                tail = data[i:]
+                if any(len(p) > len(tail) and p.startswith(tail) for p in candidates):
+                    best = size - i
+                    break
+                i = data.find(head, i + 1)
+        if best:
+            return best
+        for k in range(min(_HEAD - 1, size), 0, -1):
+            if data[size - k :] in self.short[k]:
+                return k
         return 0
-    last = data[-1]
-    for p in prepared:
-        window = min(len(p.pattern) - 1, size)
-        if window <= best:
-            continue
-        found = False
-        # Tails at least as long as the head start with it; the first that matches
-        # (leftmost) is the longest for this pattern.
-        i = data.find(p.head, size - window)
-        while i >= 0 and size - i > best:
-            if p.pattern.startswith(data[i:]):
-                best, found = size - i, True
-                break
-            i = data.find(p.head, i + 1)
-        if not found:
-            for k in p.short.get(last, ()):
-                if k <= best:
-                    break
-                if k <= window and data.endswith(p.pattern[:k]):
-                    best = k
-                    break
-    return best
 
 
 class StreamMasker:
@@ -168,7 +162,7 @@ class StreamMasker:
         self.patterns = sorted(
             {p for p in patterns if p}, key=lambda s: (-len(s), s)
         )  # longest first
-        self._prepared = [_Prefixes.of(p) for p in self.patterns]
+        self._prefixes = _PrefixIndex(self.patterns)
         self._held = b""
 
     @property
@@ -183,7 +177,7 @@ class StreamMasker:
         if not buf:
             return b""
         spans = _occurrences(buf, self.patterns)
-        cut = len(buf) - _pending_prefix(buf, self._prepared)
+        cut = len(buf) - self._prefixes.pending(buf)
         for start, end in spans:
             if start < cut < end:
                 cut = end  # never split a found secret: emit it masked as a whole
