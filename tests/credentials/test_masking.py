@@ -121,3 +121,25 @@ def test_stream_equals_whole_masking_when_secrets_do_not_overlap_cuts(
     patterns = secret_patterns([s.decode() for s in secrets])
     # Fed in one piece, the stream masks exactly like mask_bytes.
     assert stream(StreamMasker(patterns), [data]) == mask_bytes(data, patterns)
+
+
+def _pending_reference(data: bytes, patterns: list[bytes]) -> int:
+    """The longest tail of ``data`` that is a proper prefix of a pattern, by brute force."""
+    best = 0
+    for pattern in patterns:
+        for k in range(1, min(len(pattern) - 1, len(data)) + 1):
+            if data.endswith(pattern[:k]):
+                best = max(best, k)
+    return best
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_secret, min_size=1, max_size=4), _noise, _noise)
+def test_held_back_tail_is_exactly_the_longest_pending_prefix(
+    secrets: list[bytes], before: bytes, after: bytes
+) -> None:
+    from conveyor.core.masking import _PrefixIndex
+
+    patterns = secret_patterns([s.decode() for s in secrets])
+    data = before + secrets[0][: len(secrets[0]) // 2] + after[:3]
+    assert _PrefixIndex(patterns).pending(data) == _pending_reference(data, patterns)
