@@ -225,3 +225,22 @@ def test_up_creates_its_key_once(tmp_path: Path) -> None:
     _run_up_once(tmp_path, home)
     assert key_file.read_text() == first
     assert not create_key_file(key_file)  # never overwritten
+
+
+def test_server_refuses_a_bad_key_clearly(tmp_path: Path) -> None:
+    """A missing key file or a malformed key stops the controller at start: exit 2, a
+    message that names the source and never shows the key, no traceback."""
+    missing = _cli("server", "--home", str(tmp_path / "h1"), "--port", "1",
+                   "--secret-key-file", str(tmp_path / "missing.key"), cwd=tmp_path)  # fmt: skip
+    assert missing.returncode == 2, missing.stderr
+    assert "missing.key" in missing.stderr and "Traceback" not in missing.stderr
+    short = base64.b64encode(b"x" * 16).decode()
+    bad = _cli("server", "--home", str(tmp_path / "h2"), "--port", "1", cwd=tmp_path,
+               env={"CONVEYOR_SECRET_KEY": short})  # fmt: skip
+    assert bad.returncode == 2, bad.stderr
+    assert "CONVEYOR_SECRET_KEY" in bad.stderr and "must be 32" in bad.stderr
+    assert short not in bad.stderr and "Traceback" not in bad.stderr
+    garbage = _cli("server", "--home", str(tmp_path / "h3"), "--port", "1", cwd=tmp_path,
+                   env={"CONVEYOR_SECRET_KEY": "not base64!"})  # fmt: skip
+    assert garbage.returncode == 2 and "not valid base64" in garbage.stderr
+    assert "not base64!" not in garbage.stderr
