@@ -149,3 +149,57 @@ def test_bad_input_is_a_message_and_exit_2(controller: Controller, tmp_path: Pat
     assert stored(controller, "x")["x"]["value"] == SECRET  # the refused add changed nothing
     listing = ok(cli(controller, "list"))
     assert "nope" not in listing and "../up" not in listing
+
+
+def test_hidden_prompt_on_a_terminal(controller: Controller) -> None:
+    """On a terminal (a real pseudo-terminal), the value is asked twice, not echoed."""
+    import pty
+    import select
+    import time
+
+    env = {
+        **os.environ,
+        "CONVEYOR_URL": controller.url,
+        "CONVEYOR_TOKEN": controller.token,
+        "PYTHONPATH": str(Path(conveyor.__file__).resolve().parents[1]),
+    }
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI on the terminal
+        os.execvpe(
+            sys.executable, [sys.executable, "-m", "conveyor", "credentials", "add", "tty"], env
+        )
+    seen = b""
+
+    def read_until(needle: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 60
+        while needle not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    seen += os.read(fd, 1024)
+                except OSError:
+                    return
+
+    try:
+        read_until(b"Secret value")
+        time.sleep(1)  # the prompt turns echo off (flushing input) after printing itself
+        os.write(fd, SECRET.encode() + b"\n")
+        read_until(b"Repeat for confirmation")
+        time.sleep(1)
+        os.write(fd, SECRET.encode() + b"\n")
+        read_until(b"stored credential")
+    finally:
+        deadline = time.monotonic() + 30
+        status = None
+        while status is None and time.monotonic() < deadline:
+            done, code = os.waitpid(pid, os.WNOHANG)
+            status = code if done else None
+            time.sleep(0.1)
+        if status is None:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert status == 0, seen
+    assert b"stored credential" in seen and SECRET.encode() not in seen
+    assert stored(controller, "tty")["tty"]["value"] == SECRET
