@@ -29,6 +29,7 @@ import httpx
 import psutil
 
 from conveyor.cli.config import write_cli_file
+from conveyor.credentials.keys import DEFAULT_KEY_FILE, create_key_file
 from conveyor.errors import ConveyorError
 from conveyor.lb import Endpoint, LbOptions, prepare_prefix_dir, render_nginx
 
@@ -362,6 +363,14 @@ def _start(
     controller_env = _child_env(CONVEYOR_DATABASE_URL=database_url)
     if config.notifications_file is not None:
         controller_env["CONVEYOR_NOTIFICATIONS_FILE"] = str(config.notifications_file.absolute())
+    # Every controller must share ONE credentials key: the caller's, or one made here once.
+    controller_env.update(
+        {k: os.environ[k] for k in ("CONVEYOR_SECRET_KEY", "CONVEYOR_SECRET_KEY_FILE")
+         if k in os.environ}
+    )  # fmt: skip
+    if not ({"CONVEYOR_SECRET_KEY", "CONVEYOR_SECRET_KEY_FILE"} & controller_env.keys()):
+        create_key_file(home / DEFAULT_KEY_FILE)
+        controller_env["CONVEYOR_SECRET_KEY_FILE"] = str(home / DEFAULT_KEY_FILE)
 
     def controller(i: int) -> tuple[ClusterProcess, subprocess.Popen[bytes]]:
         port = _free_port(taken)

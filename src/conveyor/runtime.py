@@ -25,6 +25,7 @@ from conveyor.controller.pg_wakeups import PgWakeups
 from conveyor.controller.reaper import Reaper
 from conveyor.controller.retention import RETENTION_INTERVAL, ArtifactRetention
 from conveyor.controller.wakeups import DISPATCH, Wakeups
+from conveyor.credentials.service import CredentialVault, load_secret_key
 from conveyor.metrics import Metrics, MetricsUpdater
 from conveyor.settings import Settings
 from conveyor.store import Store, open_store
@@ -61,6 +62,7 @@ class Runtime:
     metrics_updater: MetricsUpdater
     loops: list[LoopRunner] = field(default_factory=list)
     first_admin_token: str | None = None
+    credentials: CredentialVault | None = None  # the encrypted credentials store
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock = utcnow) -> Runtime:
@@ -96,6 +98,7 @@ class Runtime:
             notifier=notifier,
             metrics=metrics,
             metrics_updater=MetricsUpdater(metrics, store, lease, clock),
+            credentials=CredentialVault(store, load_secret_key(settings)),
         )
 
     async def prepare(self) -> None:

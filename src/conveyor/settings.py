@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conveyor.core.dispatch import Strategy
@@ -65,6 +65,16 @@ class Settings(BaseSettings):
         gt=0,
         description="log requests slower than this (request.slow); long-polls and streams "
         "never count",
+    )
+
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="credentials encryption key, base64 of 32 bytes (env CONVEYOR_SECRET_KEY)",
+    )
+    secret_key_file: Path | None = Field(
+        default=None,
+        description="file holding the credentials key; default: HOME/secret.key if it exists"
+        " (docs/credentials.md)",
     )
 
     def resolved_database_url(self) -> str:

@@ -27,10 +27,11 @@ import posixpath
 import shutil
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from conveyor.agent.credentials import CredentialUnavailable, bind_credentials
 from conveyor.agent.process import StepProcess
 from conveyor.core.plan import BuildPlan, PostCondition, StagePlan, StepPlan
 from conveyor.core.states import BuildState, StepState
@@ -73,6 +74,10 @@ class BuildContext:
     base_env: dict[str, str]
     kill_grace: float = 3.0
     post_timeout: float = POST_STEP_TIMEOUT
+    #: Credential values of this build by id (from the start answer; never on disk).
+    credentials: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Where ``file`` credential bindings are written (outside the workspace).
+    secrets_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -394,10 +399,25 @@ class BuildExecutor:
     async def _run_sh(
         self, step: StepPlan, chain: tuple[_Deadline, ...], out: _StepLog
     ) -> _Attempt:
+        """Bind the step's credentials (env, temp files removed afterwards), then run."""
+        if not step.credentials:
+            return await self._run_sh_with(step, chain, out, {})
+        root = self.ctx.secrets_dir or self.ctx.workspace.parent / ".conveyor-secrets"
+        try:
+            with bind_credentials(step.credentials, self.ctx.credentials, root) as bound:
+                return await self._run_sh_with(step, chain, out, bound)
+        except CredentialUnavailable as exc:
+            await out.line(f"{RED}==> {exc}{RESET}")
+            return StepState.FAILED, None, None
+
+    async def _run_sh_with(
+        self, step: StepPlan, chain: tuple[_Deadline, ...], out: _StepLog, bound: dict[str, str]
+    ) -> _Attempt:
         if step.script is None:
             await out.line(f"{RED}==> sh step without a script{RESET}")
             return StepState.FAILED, None, None
         env = self._step_env(step)
+        env.update(bound)
         bash = shutil.which("bash", path=env.get("PATH"))
         if bash:
             argv = [bash, "-e", "-o", "pipefail", "-c", step.script]

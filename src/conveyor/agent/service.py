@@ -36,6 +36,7 @@ import structlog
 
 from conveyor import __version__
 from conveyor.agent.client import AgentClient, ProtocolError
+from conveyor.agent.credentials import MaskingReporter, build_patterns, clear_secrets_dir
 from conveyor.agent.executor import BuildContext, BuildExecutor
 from conveyor.agent.outbox import (
     DEFAULT_MAX_OUTBOX_BYTES,
@@ -121,12 +122,18 @@ class Agent:
         return self.client.agent_id
 
     @property
+    def secrets_root(self) -> Path:
+        """Where ``file`` credential bindings live while their step runs."""
+        return self.config.workdir / "secrets"
+
+    @property
     def outbox_root(self) -> Path:
         return self.config.workdir / "outbox"
 
     async def run(self) -> None:
         """Run until stop(); then cancel running builds and report them."""
         self.config.workdir.mkdir(parents=True, exist_ok=True)
+        clear_secrets_dir(self.secrets_root)  # files of a killed earlier process
         await self.register()
         await self._resume_outboxes()
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
@@ -331,6 +338,8 @@ class Agent:
                 "CONVEYOR_WORKSPACE": str(workspace.resolve()),
             },
             kill_grace=self.config.kill_grace,
+            credentials=start.get("credentials") or {},
+            secrets_dir=self.secrets_root,
         )
         outbox = self._outbox(
             aid, meta={"build_id": build_id, "workspace": str(workspace.resolve())}
@@ -338,7 +347,9 @@ class Agent:
         await self._open_outbox(aid, outbox)
         outbox.start()
         try:
-            executor = BuildExecutor(ctx, OutboxReporter(outbox))
+            # Output is masked before it reaches the outbox, so before it leaves the agent.
+            reporter = MaskingReporter(OutboxReporter(outbox), build_patterns(ctx.credentials))
+            executor = BuildExecutor(ctx, reporter)
             self.running[aid] = executor
             if aid in self._cancelled:  # cancelled (or the agent stopping) before it ran
                 executor.cancel()
@@ -351,7 +362,8 @@ class Agent:
                 result, cause = BuildState.FAILED, f"agent error: {exc}"
             if self._stopping.is_set() and result == BuildState.CANCELLED:
                 cause = "agent stopped"
-            await outbox.finish(result.value, cause)
+            await reporter.flush()
+            await outbox.finish(result.value, reporter.mask(cause))
             self._delivering.add(aid)
             self.running[aid] = None
             free()  # the executor is done: a queued build may run

@@ -76,6 +76,8 @@ class AssignmentOut(BaseModel):
     number: int | None = None
     parameters: dict[str, str] | None = None
     plan: dict[str, Any] | None = None
+    # The values of the credentials the plan binds, only to the agent starting it.
+    credentials: dict[str, dict[str, str]] | None = None
 
 
 class InboxOut(BaseModel):
@@ -90,6 +92,7 @@ class StartOut(BaseModel):
     number: int
     parameters: dict[str, str]
     plan: dict[str, Any]
+    credentials: dict[str, dict[str, str]] = Field(default_factory=dict)
 
 
 class StepIn(BaseModel):
@@ -225,9 +228,16 @@ async def _start_offered(
             number=build.number,
             parameters=build.parameters,
             plan=build.plan,
+            credentials=await _credentials_for(runtime, build.plan),
         )
         for build in started
     ]
+
+
+async def _credentials_for(runtime: Any, plan: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Decrypted now, for this answer only: never stored with the build."""
+    vault = runtime.credentials
+    return {} if vault is None else await vault.resolve(plan)
 
 
 @router.post("/assignments/{assignment_id}/start")
@@ -242,6 +252,7 @@ async def start(
         number=build.number,
         parameters=build.parameters,
         plan=build.plan,
+        credentials=await _credentials_for(runtime, build.plan),
     )
 
 

@@ -15,6 +15,7 @@ from conveyor.api import (
     routes_artifacts,
     routes_builds,
     routes_cluster,
+    routes_credentials,
     routes_health,
     routes_jobs,
     routes_metrics,
@@ -77,5 +78,6 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
     app.include_router(routes_agents.router)
     app.include_router(routes_cluster.router)
     app.include_router(routes_notifications.router)
+    app.include_router(routes_credentials.router)
     app.include_router(agent_protocol.router)
     return app

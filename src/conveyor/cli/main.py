@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from conveyor import __version__
-from conveyor.cli import agent, blobs, builds, cluster, jobs, lb
+from conveyor.cli import agent, blobs, builds, cluster, credentials, jobs, lb
 from conveyor.cli import healthcheck as healthcheck_cli
 from conveyor.core.dispatch import Strategy
 
@@ -25,6 +25,8 @@ app.add_typer(cluster.app, name="cluster")
 app.add_typer(blobs.app, name="blobs")
 app.command("lb-config")(lb.lb_config)
 app.command("healthcheck")(healthcheck_cli.healthcheck)
+app.add_typer(credentials.app, name="credentials")
+app.add_typer(credentials.admin_app, name="admin")
 
 HomeOpt = Annotated[
     Path, typer.Option(envvar="CONVEYOR_HOME", help="state folder (SQLite, blobs, tokens)")
@@ -94,6 +96,14 @@ def server(
     lease_ttl: Annotated[float, typer.Option(help="leader lease TTL, seconds")] = 5.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
     log_format: LogFormatOpt = None,
+    secret_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="CONVEYOR_SECRET_KEY_FILE",
+            help="credentials encryption key file (default: CONVEYOR_SECRET_KEY, or"
+            " HOME/secret.key if it exists; docs/credentials.md)",
+        ),
+    ] = None,
 ) -> None:
     """Run a controller: REST API, agent protocol, dispatcher."""
     from conveyor.cli.client import fail
@@ -122,6 +132,7 @@ def server(
         controller_id=controller_id,
         lease_ttl=lease_ttl,
         log_level=log_level,
+        secret_key_file=secret_key_file,
     )
     run_server(settings, _log_format(log_format))  # type: ignore[arg-type]
 
@@ -138,8 +149,12 @@ def up(
 ) -> None:
     """Start Conveyor on this machine: a controller on SQLite plus local agents."""
     from conveyor.cli.server import run_up
+    from conveyor.credentials.keys import DEFAULT_KEY_FILE, create_key_file
 
     settings = _settings(home=home, port=port, log_level=log_level)
+    if not (getattr(settings, "secret_key", None) or getattr(settings, "secret_key_file", None)):
+        # No key configured: `up` makes its own, once (HOME/secret.key, mode 0600).
+        create_key_file(home / DEFAULT_KEY_FILE)
     run_up(settings, agents, executors, examples, _log_format(log_format))  # type: ignore[arg-type]
 
 

@@ -21,6 +21,7 @@ from conveyor.controller.wakeups import DISPATCH, Wakeups, agent_channel, build_
 from conveyor.core.pipeline import ParameterError, parse_pipeline, plan_build
 from conveyor.core.plan import BuildPlan
 from conveyor.core.states import BuildState
+from conveyor.credentials.service import check_bindings
 from conveyor.errors import InvalidInput
 from conveyor.metrics import Metrics
 from conveyor.store import Store
@@ -79,6 +80,8 @@ class BuildService:
             plan = plan_build(pipeline, parameters)
         except ParameterError as exc:
             raise InvalidInput(str(exc), errors=list(exc.errors)) from exc
+        # Unknown credential ids are refused now (400 naming them), not at run time.
+        await check_bindings(self.store, (c for s, _ in plan.iter_steps() for c in s.credentials))
         build = await self.store.create_build(
             NewBuild(
                 job_name=job.name,

@@ -36,6 +36,7 @@ __all__ = [
     "MAX_SPEC_BYTES",
     "Branch",
     "Condition",
+    "CredentialBinding",
     "NotifyEntry",
     "NotifyStep",
     "Parameter",
@@ -158,6 +159,46 @@ class Condition(_Model):
         return self
 
 
+class CredentialBinding(_Model):
+    """``credentials:`` entry: a stored credential (by id) bound into steps as
+    ``{id, env}``, ``{id, username_env, password_env}`` (username_password) or
+    ``{id, file}`` (a temp file, path in that variable, removed after the step)."""
+
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+    env: Annotated[str, AfterValidator(_check_env_name)] | None = None
+    username_env: Annotated[str, AfterValidator(_check_env_name)] | None = None
+    password_env: Annotated[str, AfterValidator(_check_env_name)] | None = None
+    file: Annotated[str, AfterValidator(_check_env_name)] | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not all(_SEGMENT.fullmatch(s) for s in value.split("/")):
+            raise _error(
+                "credential_id",
+                f"invalid credential id {value!r}: use [A-Za-z0-9][A-Za-z0-9._-]* segments "
+                "joined by '/'",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_form(self) -> CredentialBinding:
+        forms = [
+            self.env is not None,
+            self.file is not None,
+            self.username_env is not None or self.password_env is not None,
+        ]
+        if sum(forms) != 1:
+            raise _error(
+                "credential",
+                "a credential binding has exactly one of env, file, or username_env/password_env",
+            )
+        return self
+
+
+Credentials = list[CredentialBinding]
+
+
 class ShScript(_Model):
     script: str
     timeout: Duration | None = None
@@ -196,6 +237,7 @@ class Step(_Model):
     notify: NotifyStep | None = None
     timeout: Duration | None = None
     retry: Retry | None = None
+    credentials: Credentials = Field(default_factory=list)
 
     @property
     def kind(self) -> Literal["sh", "echo", "archive", "notify"]:
@@ -214,7 +256,7 @@ class Step(_Model):
         if len(kinds) > 1:
             raise _error("step", f"a step has exactly one type, got {' and '.join(kinds)}")
         if not kinds:
-            others = [str(k) for k in data if k not in ("timeout", "retry")]
+            others = [str(k) for k in data if k not in ("timeout", "retry", "credentials")]
             if len(others) == 1:
                 raise _error(
                     "step", f"unknown step type {others[0]!r} (expected sh, echo or archive)"
@@ -245,6 +287,8 @@ class Step(_Model):
                 "step",
                 "notify steps take no timeout or retry (the controller retries deliveries)",
             )
+        if self.notify is not None and self.credentials:
+            raise _error("step", "notify steps take no credentials (they run on the controller)")
         if self.sh is not None:
             for option in ("timeout", "retry"):
                 inner = getattr(self.sh, option)
@@ -297,6 +341,7 @@ class _StageBase(_Model):
     timeout: Duration | None = None
     retry: Retry = 0
     environment: Environment = Field(default_factory=dict)
+    credentials: Credentials = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -357,6 +402,8 @@ class Pipeline(_Model):
     # Who is told when a build ends: [{on: [failure, fixed], notifier: NAME}]; the
     # notifiers themselves are configured on the controller (docs/notifications.md).
     notify: list[NotifyEntry] = Field(default_factory=list)
+    # Stored credentials bound into every step (docs/credentials.md).
+    credentials: Credentials = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod

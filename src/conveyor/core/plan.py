@@ -18,6 +18,17 @@ StepKind = Literal["sh", "echo", "archive", "notify"]  # notify: post only, run 
 PostCondition = Literal["always", "success", "failure", "cancelled"]
 
 
+class CredentialBind(BaseModel):
+    """A credential bound into a step: which one (by id) and where its value goes.
+    Only ids and variable names: values are resolved when an agent starts the build."""
+
+    id: str
+    env: str | None = None  # the secret (text, file, ssh_key) in this variable
+    username_env: str | None = None  # username_password: the username here
+    password_env: str | None = None  # username_password: the password here
+    file: str | None = None  # written to a 0600 temp file; its path in this variable
+
+
 class StepPlan(BaseModel):
     """One step. ``key`` is unique within the build and stable for a plan."""
 
@@ -32,6 +43,8 @@ class StepPlan(BaseModel):
     timeout: float | None = None  # seconds, per attempt
     retry: int = 0  # extra attempts after a failure
     environment: dict[str, str] = Field(default_factory=dict)  # stage env, merged by planner
+    # pipeline, stage, branch and step `credentials`, in that order (later ones win)
+    credentials: list[CredentialBind] = Field(default_factory=list)
 
 
 class StagePlan(BaseModel):
@@ -50,6 +63,10 @@ class BuildPlan(BaseModel):
     post: dict[PostCondition, list[StepPlan]] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)  # pipeline env + parameters
     timeout: float | None = None  # whole build, seconds
+
+    def credential_ids(self) -> list[str]:
+        """Every credential id some step of this plan binds, sorted."""
+        return sorted({c.id for step, _ in self.iter_steps() for c in step.credentials})
 
     def iter_steps(self) -> Iterator[tuple[StepPlan, bool]]:
         """Every step, in display order, with whether it is skipped."""

@@ -21,10 +21,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from conveyor.core.plan import BuildPlan, PostCondition, StagePlan, StepPlan
+from conveyor.core.plan import BuildPlan, CredentialBind, PostCondition, StagePlan, StepPlan
 
 if TYPE_CHECKING:
-    from conveyor.core.pipeline import Branch, Condition, Parameter, Pipeline, Stage, Step
+    from conveyor.core.pipeline import (
+        Branch,
+        Condition,
+        CredentialBinding,
+        Parameter,
+        Pipeline,
+        Stage,
+        Step,
+    )
 
 __all__ = ["ParameterError", "describe_condition", "evaluate", "plan_build", "resolve_parameters"]
 
@@ -148,7 +156,17 @@ def _step_name(step: Step) -> str:
     return f"{step.kind}: {first}"
 
 
-def _plan_step(step: Step, key: str, stage: str, env: dict[str, str]) -> StepPlan:
+def _binds(bindings: list[CredentialBinding]) -> list[CredentialBind]:
+    return [CredentialBind.model_validate(b.model_dump()) for b in bindings]
+
+
+def _plan_step(
+    step: Step,
+    key: str,
+    stage: str,
+    env: dict[str, str],
+    credentials: list[CredentialBind] | None = None,
+) -> StepPlan:
     return StepPlan(
         key=key,
         stage=stage,
@@ -161,6 +179,7 @@ def _plan_step(step: Step, key: str, stage: str, env: dict[str, str]) -> StepPla
         timeout=step.timeout,
         retry=step.retry or 0,
         environment=dict(env),
+        credentials=[*(credentials or []), *_binds(step.credentials)],
     )
 
 
@@ -170,8 +189,10 @@ def _plan_stage(
     path: str,
     env: Mapping[str, str],
     values: Mapping[str, str],
+    credentials: list[CredentialBind] | None = None,
 ) -> StagePlan:
     env = {**env, **stage.environment}
+    credentials = [*(credentials or []), *_binds(stage.credentials)]
     skip_reason = None
     if stage.when is not None and not evaluate(stage.when, values):
         skip_reason = f"when: {describe_condition(stage.when)}"
@@ -180,10 +201,11 @@ def _plan_stage(
         key=key,
         name=path,
         steps=[
-            _plan_step(step, f"{key}.{n}", path, env) for n, step in enumerate(stage.steps or [])
+            _plan_step(step, f"{key}.{n}", path, env, credentials)
+            for n, step in enumerate(stage.steps or [])
         ],
         parallel=[
-            _plan_stage(branch, f"{key}.{j}", f"{path}/{branch.name}", env, values)
+            _plan_stage(branch, f"{key}.{j}", f"{path}/{branch.name}", env, values, credentials)
             for j, branch in enumerate(branches)
         ],
         timeout=stage.timeout,
@@ -196,8 +218,9 @@ def _plan_stage(
 def plan_build(pipeline: Pipeline, params: Mapping[str, str | bool | int | None]) -> BuildPlan:
     """The plan of one build; raises :class:`ParameterError` for bad ``params``."""
     values = resolve_parameters(pipeline, params)
+    shared = _binds(pipeline.credentials)
     stages = [
-        _plan_stage(stage, str(i), stage.name, {}, values)
+        _plan_stage(stage, str(i), stage.name, {}, values, shared)
         for i, stage in enumerate(pipeline.stages)
     ]
     post: dict[PostCondition, list[StepPlan]] = {}
@@ -206,7 +229,7 @@ def plan_build(pipeline: Pipeline, params: Mapping[str, str | bool | int | None]
         steps = getattr(pipeline.post, condition)
         if steps:
             post[condition] = [
-                _plan_step(step, f"post.{condition}.{n}", f"post.{condition}", {})
+                _plan_step(step, f"post.{condition}.{n}", f"post.{condition}", {}, shared)
                 for n, step in enumerate(steps)
             ]
     return BuildPlan(

@@ -1,0 +1,67 @@
+"""Key rotation: re-encrypt every credential with a new key in ONE transaction.
+
+Run by ``conveyor admin rotate-key`` straight against the database (like a
+migration). A row already sealed with the new key (a rotation run again) is
+re-sealed with it; a row that neither key opens stops the rotation and the
+transaction rolls back: nothing changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from conveyor.credentials.keys import DecryptError, SecretKey
+from conveyor.credentials.service import context_of
+from conveyor.store import Store, open_store
+from conveyor.store.credentials import CredentialRecord, list_credentials, reencrypt_all
+from conveyor.store.migrate import upgrade
+
+__all__ = ["RotationError", "rotate", "rotate_store"]
+
+
+class RotationError(Exception):
+    pass
+
+
+async def rotate_store(
+    store: Store, old: SecretKey, new: SecretKey, progress: Progress | None = None
+) -> int:
+    task = None
+    if progress is not None:
+        total = len(await list_credentials(store))
+        task = progress.add_task("re-encrypting", total=total)
+
+    def transform(record: CredentialRecord) -> str:
+        context = context_of(record.id, record.kind)
+        key = {old.key_id: old, new.key_id: new}.get(record.key_id)
+        if key is None:
+            raise RotationError(
+                f"credential {record.id!r} is sealed with key {record.key_id}, which is "
+                f"neither the current key ({old.key_id}) nor the new one"
+            )
+        try:
+            plaintext = key.decrypt(record.secret, context)
+        except DecryptError:
+            raise RotationError(f"credential {record.id!r} does not decrypt") from None
+        if progress is not None and task is not None:
+            progress.advance(task)
+        return new.encrypt(plaintext, context)
+
+    return await reencrypt_all(store, transform, new.key_id)
+
+
+def rotate(database_url: str, old: SecretKey, new: SecretKey) -> int:
+    async def main() -> int:
+        store = open_store(database_url)
+        try:
+            await upgrade(store.write_engine)
+            with Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()
+            ) as progress:
+                return await rotate_store(store, old, new, progress)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
