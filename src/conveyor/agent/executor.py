@@ -378,8 +378,9 @@ class BuildExecutor:
         if step.kind == "echo":
             await out((step.message or "").encode() + b"\n")
             return StepState.SUCCEEDED, None, None
-        if step.kind == "archive":
-            task = asyncio.create_task(self._archive(step, out))
+        if step.kind in ("archive", "publish"):
+            work = self._archive(step, out) if step.kind == "archive" else self._publish(step, out)
+            task = asyncio.create_task(work)
             try:
                 why = await self._watch(task, chain)
             finally:
@@ -465,6 +466,30 @@ class BuildExecutor:
             await out.line(f"archive: {rel}")
             await self.reporter.upload_artifact(rel, path)
         return True
+
+    async def _publish(self, step: StepPlan, out: _StepLog) -> bool:
+        """Upload to an external repository (conveyor.agent.publish); what reached it
+        is reported (``record_publication``) even when a later upload fails."""
+        from conveyor.agent.publish import PublishError, publish
+        from conveyor.core.publish import PublishSpec
+
+        done: list[Any] = []
+        ok = True
+        try:
+            spec = PublishSpec.model_validate(step.publish or {})
+            await publish(spec, self.ctx.workspace, self._step_env(step), out.line, done)
+        except PublishError as exc:
+            ok = False
+            for line in str(exc).splitlines() or [""]:
+                await out.line(f"{RED}{line}{RESET}" if line.startswith("publish:") else line)
+        except ValueError as exc:  # an invalid spec in a plan made elsewhere
+            ok = False
+            await out.line(f"{RED}publish: invalid step: {exc}{RESET}")
+        record = getattr(self.reporter, "record_publication", None)
+        for publication in done:
+            if record is not None:
+                await record(step.key, publication.to_json())
+        return ok
 
     # -- helpers --------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from conveyor.api import (
     routes_jobs,
     routes_metrics,
     routes_notifications,
+    routes_publications,
 )
 from conveyor.api.errors import install_error_handlers, problem
 from conveyor.api.middleware import RequestMiddleware
@@ -78,4 +79,6 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
     app.include_router(routes_cluster.router)
     app.include_router(routes_notifications.router)
     app.include_router(agent_protocol.router)
+    app.include_router(routes_publications.router)
+    app.include_router(routes_publications.agent_router)
     return app

@@ -10,11 +10,11 @@ not hold is kept with ``skipped=True`` so that UIs can show it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-StepKind = Literal["sh", "echo", "archive", "notify"]  # notify: post only, run by the controller
+StepKind = Literal["sh", "echo", "archive", "notify", "publish"]  # notify: post only, run by the controller
 PostCondition = Literal["always", "success", "failure", "cancelled"]
 
 
@@ -29,6 +29,7 @@ class StepPlan(BaseModel):
     message: str | None = None  # kind == "echo"; kind == "notify": its own message, if any
     notifier: str | None = None  # kind == "notify": the notifier's name
     paths: list[str] = Field(default_factory=list)  # kind == "archive": glob patterns
+    publish: dict[str, Any] | None = None  # kind == "publish": the PublishSpec, as JSON
     timeout: float | None = None  # seconds, per attempt
     retry: int = 0  # extra attempts after a failure
     environment: dict[str, str] = Field(default_factory=dict)  # stage env, merged by planner

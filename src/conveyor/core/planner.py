@@ -139,6 +139,8 @@ def _step_name(step: Step) -> str:
         text = step.sh.script
     elif step.echo is not None:
         text = step.echo
+    elif step.publish is not None:
+        text = f"{step.publish.type} {', '.join(step.publish.patterns)}"
     else:
         text = ", ".join(step.archive or [])
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -158,6 +160,7 @@ def _plan_step(step: Step, key: str, stage: str, env: dict[str, str]) -> StepPla
         message=step.notify.message if step.notify is not None else step.echo,
         notifier=step.notify.notifier if step.notify is not None else None,
         paths=list(step.archive or []),
+        publish=step.publish.model_dump(mode="json") if step.publish is not None else None,
         timeout=step.timeout,
         retry=step.retry or 0,
         environment=dict(env),
