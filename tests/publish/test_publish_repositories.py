@@ -294,3 +294,47 @@ async def test_pypi_wrong_password_and_not_a_package(tmp_path: Path, pypi: PypiS
     with pytest.raises(PublishError, match="neither a wheel"):
         await publish(spec(type="pypi", url=pypi.url, files=["dist/*"]), ws, {}, Log())
     assert list(pypi.packages.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- path safety
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("../outside.txt", "refusing '../outside.txt': outside the workspace"),
+        ("sub/../../outside.txt", "refusing '../outside.txt': outside the workspace"),
+        ("/etc/hostname", "refusing absolute pattern '/etc/hostname'"),
+        ("escape/*", "refusing 'escape/secret.txt': outside the workspace"),
+        ("leak.txt", "refusing 'leak.txt': outside the workspace"),
+    ],
+)
+async def test_paths_outside_the_workspace_are_refused(
+    tmp_path: Path, dav: DavServer, pattern: str, message: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    (tmp_path / "outside.txt").write_text("secret")
+    ws = workspace_with(tmp_path, {"sub/ok.txt": b"ok"})
+    (ws / "escape").symlink_to(outside)  # a folder symlink out
+    (ws / "leak.txt").symlink_to(outside / "secret.txt")  # a file symlink out
+    for kind in ("http", "maven", "pypi"):
+        extra = {"group_id": "g", "artifact_id": "a", "version": "1"} if kind == "maven" else {}
+        with pytest.raises(PublishError) as refused:
+            await publish(
+                spec(type=kind, url=f"{dav.url}/repo/", files=[pattern, "sub/ok.txt"], **extra),
+                ws,
+                {},
+                Log(),
+            )
+        assert message in str(refused.value), kind
+    assert list((dav.root / "repo").iterdir()) == []
+    assert " PUT " not in dav.access_log()
+
+
+async def test_symlink_inside_the_workspace_is_followed(tmp_path: Path, dav: DavServer) -> None:
+    ws = workspace_with(tmp_path, {"real/app.bin": b"inside"})
+    (ws / "link.bin").symlink_to(ws / "real" / "app.bin")
+    await publish(spec(type="http", url=f"{dav.url}/repo/", files=["link.bin"]), ws, {}, Log())
+    assert (dav.root / "repo/link.bin").read_bytes() == b"inside"

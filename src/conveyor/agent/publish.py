@@ -472,15 +472,35 @@ async def publish_pypi(
                         files={"content": (path.name, fh, "application/octet-stream")},
                     )
                 except httpx.HTTPError as exc:
-                    raise PublishError(
-                        f"publish: upload of {rel} to {redact(url)} failed: "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from None
+                    raise await _upload_broke(client, url, rel, exc) from None
             if not response.is_success:
                 raise _refused("POST", url, response)
             what = f"{form['name']}=={form['version']}"
             await say(f"publish: {rel} -> {redact(url)} ({_size(size)}, {what}, {form['filetype']})")
             done.append(Publication("pypi", rel, redact(url), size, sha256, what))
+
+
+async def _upload_broke(
+    client: httpx.AsyncClient, url: str, rel: str, exc: httpx.HTTPError
+) -> PublishError:
+    """The error for an upload whose connection broke. Servers often answer a refused
+    upload (bad credentials, too large) and close before reading the whole body; the
+    client then sees only a broken connection (a reset, as unread data was left). An
+    empty POST leaves nothing unread, so asking again that way gets the server's real
+    answer (401, 403...); a 400 (nothing uploaded, as sent) says nothing new and the
+    first error stands."""
+    failed = PublishError(
+        f"publish: upload of {rel} to {redact(url)} failed: {type(exc).__name__}: {exc}"
+    )
+    if not isinstance(exc, httpx.TransportError) or isinstance(exc, httpx.ConnectError):
+        return failed
+    try:
+        probe = await client.post(url, content=b"")
+    except httpx.HTTPError:
+        return failed
+    if probe.status_code in (401, 403, 407, 413) or probe.status_code >= 500:
+        return _refused("POST", url, probe)
+    return failed
 
 
 _UPLOADERS = {"http": publish_http, "maven": publish_maven, "pypi": publish_pypi}

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from conveyor.cli.client import ApiClient
 from conveyor.cli.options import TokenOpt, UrlOpt
@@ -32,13 +31,12 @@ def publications(
     if not rows:
         out.print(f"build {build_id} published nothing")
         return
-    table = Table("repository", "file", "destination", "size", "what")
+    # One line each, never cut: destinations are meant to be copied.
     for p in rows:
-        table.add_row(
-            p["repository"],
-            escape(p["file"] or "(generated)"),
-            escape(p["url"]),
-            str(p["size"]),
-            escape(p["coordinates"] or ""),
+        what = f"  {p['coordinates']}" if p["coordinates"] else ""
+        out.print(
+            f"{p['repository']:<6} {escape(p['file'] or '(generated POM)')} -> "
+            f"{escape(p['url'])}  ({p['size']} B){escape(what)}",
+            soft_wrap=True,
+            highlight=False,
         )
-    out.print(table)
