@@ -95,9 +95,7 @@ class DavServer:
         # As root, workers would drop to 'nobody' and could not write into tmp folders.
         user = "user root;" if os.geteuid() == 0 else ""
         conf = prefix / "nginx.conf"
-        conf.write_text(
-            NGINX_CONF.format(prefix=prefix, root=root, port=port, user=user)
-        )
+        conf.write_text(NGINX_CONF.format(prefix=prefix, root=root, port=port, user=user))
         with (prefix / "output.log").open("ab") as out:
             proc = subprocess.Popen(
                 [NGINX, "-c", str(conf), "-p", f"{prefix}/", "-e", str(prefix / "error.log")],

@@ -655,11 +655,7 @@ class BuildOutbox:
                         )
                         self.batch_events = False
                     raise _Unbatch from exc
-                if (
-                    isinstance(item, _Event)
-                    and item.kind == "publication"
-                    and _no_such_route(exc)
-                ):
+                if isinstance(item, _Event) and item.kind == "publication" and _no_such_route(exc):
                     log.warning(
                         "outbox.no_publications_endpoint",
                         assignment=self.assignment_id,

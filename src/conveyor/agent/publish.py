@@ -117,9 +117,7 @@ def select_files(workspace: Path, patterns: list[str]) -> dict[str, Path]:
             "pointing out of it); nothing was uploaded"
         )
     if unmatched:
-        raise PublishError(
-            "publish: no files match " + ", ".join(f"'{p}'" for p in unmatched)
-        )
+        raise PublishError("publish: no files match " + ", ".join(f"'{p}'" for p in unmatched))
     return files
 
 
@@ -153,7 +151,7 @@ class _Digests:
 
 async def _file_body(path: Path, digests: _Digests) -> AsyncIterator[bytes]:
     """The file in chunks, read off the event loop, hashing as it goes."""
-    sha256, sha1, md5 = hashlib.sha256(), hashlib.sha1(), hashlib.md5()  # noqa: S324
+    sha256, sha1, md5 = hashlib.sha256(), hashlib.sha1(), hashlib.md5()
     with path.open("rb") as fh:
         while chunk := await asyncio.to_thread(fh.read, CHUNK):
             sha256.update(chunk)
@@ -161,12 +159,16 @@ async def _file_body(path: Path, digests: _Digests) -> AsyncIterator[bytes]:
             md5.update(chunk)
             digests.size += len(chunk)
             yield chunk
-    digests.sha256, digests.sha1, digests.md5 = sha256.hexdigest(), sha1.hexdigest(), md5.hexdigest()
+    digests.sha256, digests.sha1, digests.md5 = (
+        sha256.hexdigest(),
+        sha1.hexdigest(),
+        md5.hexdigest(),
+    )
 
 
 async def _put_file(client: httpx.AsyncClient, url: str, path: Path) -> _Digests:
     digests = _Digests()
-    size = path.stat().st_size
+    size = (await asyncio.to_thread(path.stat)).st_size
     try:
         response = await client.put(
             url,
@@ -174,7 +176,9 @@ async def _put_file(client: httpx.AsyncClient, url: str, path: Path) -> _Digests
             headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
         )
     except httpx.HTTPError as exc:
-        raise PublishError(f"publish: PUT {redact(url)} failed: {type(exc).__name__}: {exc}")
+        raise PublishError(
+            f"publish: PUT {redact(url)} failed: {type(exc).__name__}: {exc}"
+        ) from None
     if not response.is_success:
         raise _refused("PUT", url, response)
     return digests
@@ -184,7 +188,9 @@ async def _put_bytes(client: httpx.AsyncClient, url: str, data: bytes, content_t
     try:
         response = await client.put(url, content=data, headers={"Content-Type": content_type})
     except httpx.HTTPError as exc:
-        raise PublishError(f"publish: PUT {redact(url)} failed: {type(exc).__name__}: {exc}")
+        raise PublishError(
+            f"publish: PUT {redact(url)} failed: {type(exc).__name__}: {exc}"
+        ) from None
     if not response.is_success:
         raise _refused("PUT", url, response)
 
@@ -292,7 +298,12 @@ async def publish_maven(
             await say(f"publish: generated POM -> {redact(url)} (packaging {packaging})")
             done.append(
                 Publication(
-                    "maven", "", redact(url), len(pom), hashlib.sha256(pom).hexdigest(), f"{gav}:pom"
+                    "maven",
+                    "",
+                    redact(url),
+                    len(pom),
+                    hashlib.sha256(pom).hexdigest(),
+                    f"{gav}:pom",
                 )
             )
         await _update_metadata(client, _join(base, maven_artifact_dir(coords)), coords, say)
@@ -302,8 +313,8 @@ def _digests_of(data: bytes) -> _Digests:
     return _Digests(
         len(data),
         hashlib.sha256(data).hexdigest(),
-        hashlib.sha1(data).hexdigest(),  # noqa: S324
-        hashlib.md5(data).hexdigest(),  # noqa: S324
+        hashlib.sha1(data).hexdigest(),
+        hashlib.md5(data).hexdigest(),
     )
 
 
@@ -374,7 +385,9 @@ def package_metadata(path: Path) -> tuple[dict[str, Any], str, str]:
         if name.endswith(".whl"):
             with zipfile.ZipFile(path) as zf:
                 found = [
-                    n for n in zf.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")
+                    n
+                    for n in zf.namelist()
+                    if n.count("/") == 1 and n.endswith(".dist-info/METADATA")
                 ]
                 if not found:
                     raise PublishError(f"publish: {name} has no .dist-info/METADATA: not a wheel")
@@ -430,7 +443,7 @@ def _sdist_pkg_info(path: Path) -> bytes:
 
 
 def _hash_file(path: Path) -> tuple[int, str, str, str]:
-    sha256, md5, blake2 = hashlib.sha256(), hashlib.md5(), hashlib.blake2b(digest_size=32)  # noqa: S324
+    sha256, md5, blake2 = hashlib.sha256(), hashlib.md5(), hashlib.blake2b(digest_size=32)
     size = 0
     with path.open("rb") as fh:
         while chunk := fh.read(CHUNK):
@@ -476,7 +489,9 @@ async def publish_pypi(
             if not response.is_success:
                 raise _refused("POST", url, response)
             what = f"{form['name']}=={form['version']}"
-            await say(f"publish: {rel} -> {redact(url)} ({_size(size)}, {what}, {form['filetype']})")
+            await say(
+                f"publish: {rel} -> {redact(url)} ({_size(size)}, {what}, {form['filetype']})"
+            )
             done.append(Publication("pypi", rel, redact(url), size, sha256, what))
 
 

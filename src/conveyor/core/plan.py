@@ -14,7 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-StepKind = Literal["sh", "echo", "archive", "notify", "publish"]  # notify: post only, run by the controller
+StepKind = Literal[
+    "sh", "echo", "archive", "notify", "publish"
+]  # notify: post only, run by the controller
 PostCondition = Literal["always", "success", "failure", "cancelled"]
 
 
