@@ -49,6 +49,23 @@ class Settings(BaseSettings):
     artifact_keep_days: int | None = Field(
         default=30, ge=0, description="days a finished build keeps its artifacts"
     )
+    build_keep_last: int | None = Field(
+        default=None,
+        ge=1,
+        description="finished builds kept per job (older ones are deleted whole, logs and "
+        "artifacts included); unset: no count limit (docs/retention.md)",
+    )
+    build_keep_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="days a finished build is kept before it is deleted whole; unset: no age limit",
+    )
+    log_limit_mb: int | None = Field(
+        default=1024,
+        ge=1,
+        description="most log megabytes per build (a job's log_limit wins); the rest is "
+        "dropped with one line; unset: no limit",
+    )
     log_level: str = "info"
     failure_patterns_file: Path | None = Field(
         default=None,

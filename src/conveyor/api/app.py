@@ -20,6 +20,7 @@ from conveyor.api import (
     routes_metrics,
     routes_notifications,
     routes_publications,
+    routes_retention,
 )
 from conveyor.api.errors import install_error_handlers, problem
 from conveyor.api.middleware import RequestMiddleware
@@ -81,4 +82,5 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
     app.include_router(agent_protocol.router)
     app.include_router(routes_publications.router)
     app.include_router(routes_publications.agent_router)
+    app.include_router(routes_retention.router)
     return app

@@ -65,6 +65,8 @@ class BuildService:
         self.wakeups = wakeups
         self.clock = clock
         self._background: set[asyncio.Task[None]] = set()
+        #: Log bytes per build when the job sets no log_limit (settings.log_limit_mb).
+        self.default_log_limit: int | None = None
 
     async def trigger(
         self,
@@ -79,6 +81,9 @@ class BuildService:
             plan = plan_build(pipeline, parameters)
         except ParameterError as exc:
             raise InvalidInput(str(exc), errors=list(exc.errors)) from exc
+        if plan.log_limit is None and self.default_log_limit is not None:
+            plan.log_limit = self.default_log_limit
+            plan.log_limit_source = "controller log_limit_mb"
         build = await self.store.create_build(
             NewBuild(
                 job_name=job.name,

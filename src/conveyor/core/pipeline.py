@@ -29,9 +29,11 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from conveyor.core.labels import parse_label_expression
+from conveyor.core.loglimit import parse_size
 from conveyor.core.notifications import NotifyEntry
 from conveyor.core.planner import ParameterError, plan_build, resolve_parameters
 from conveyor.core.publish import PublishSpec
+from conveyor.core.retention import RetentionSpec
 
 __all__ = [
     "MAX_SPEC_BYTES",
@@ -363,6 +365,10 @@ class Pipeline(_Model):
     # Who is told when a build ends: [{on: [failure, fixed], notifier: NAME}]; the
     # notifiers themselves are configured on the controller (docs/notifications.md).
     notify: list[NotifyEntry] = Field(default_factory=list)
+    # How long builds, logs and artifacts of this job are kept (docs/retention.md).
+    retention: RetentionSpec | None = None
+    # Most log bytes per build, e.g. "200MB" (docs/storage.md); default: the controller's.
+    log_limit: Annotated[int, BeforeValidator(parse_size)] | None = None
 
     @field_validator("name")
     @classmethod

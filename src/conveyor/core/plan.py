@@ -53,6 +53,8 @@ class BuildPlan(BaseModel):
     post: dict[PostCondition, list[StepPlan]] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)  # pipeline env + parameters
     timeout: float | None = None  # whole build, seconds
+    log_limit: int | None = None  # most log bytes (job's log_limit or the controller's)
+    log_limit_source: str | None = None  # where log_limit came from, for the log line
 
     def iter_steps(self) -> Iterator[tuple[StepPlan, bool]]:
         """Every step, in display order, with whether it is skipped."""

@@ -217,4 +217,6 @@ def plan_build(pipeline: Pipeline, params: Mapping[str, str | bool | int | None]
         post=post,
         environment={**pipeline.environment, **values},
         timeout=pipeline.timeout,
+        log_limit=pipeline.log_limit,
+        log_limit_source="job log_limit" if pipeline.log_limit is not None else None,
     )
