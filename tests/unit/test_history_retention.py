@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -110,10 +110,3 @@ def test_bad_retention_blocks(block: str, message: str) -> None:
     with pytest.raises(SpecError) as error:
         parse_pipeline(_retention(block))
     assert message in str(error.value)
-
-
-def test_plan_is_pure_function_of_now() -> None:
-    now = datetime(2026, 3, 1, tzinfo=UTC)
-    clock = FakeClock(now)
-    builds = _history(clock, [F, F])
-    assert plan_history(snapshot_of(builds), now, RetentionPolicy(None, 1)).delete[0].number == 1
