@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from conveyor.agent.process import StepProcess
+from conveyor.core.loglimit import truncation_line
 from conveyor.core.plan import BuildPlan, PostCondition, StagePlan, StepPlan
 from conveyor.core.states import BuildState, StepState
 
@@ -180,6 +181,8 @@ class BuildExecutor:
         self._skipped: set[str] = set()
         self._procs: set[StepProcess] = set()
         self._log_lock = asyncio.Lock()
+        self._log_bytes = 0  # written so far, against plan.log_limit
+        self._log_cut = False  # the limit was reached: later output is dropped
         self._started = False
 
     def cancel(self) -> None:
@@ -537,7 +540,24 @@ class BuildExecutor:
 
     async def _write(self, data: bytes) -> None:
         async with self._log_lock:  # log() is never called concurrently
-            await self.reporter.log(data)
+            limit = self.ctx.plan.log_limit
+            if limit is None:
+                await self.reporter.log(data)
+                return
+            if self._log_cut:
+                return  # over the limit: dropped here, never sent (the build goes on)
+            room = limit - self._log_bytes
+            if len(data) <= room:
+                self._log_bytes += len(data)
+                await self.reporter.log(data)
+                return
+            self._log_cut = True
+            head = data[: max(room, 0)]
+            newline = b"\n" if head and not head.endswith(b"\n") else b""
+            source = self.ctx.plan.log_limit_source or "log limit"
+            cut = head + newline + truncation_line(limit, source)
+            self._log_bytes += len(cut)
+            await self.reporter.log(cut)
 
     async def _log_line(self, text: str, prefix: str | None = None) -> None:
         await self._write(f"{prefix or ''}{text}\n".encode())

@@ -39,7 +39,11 @@ def run(
     """Apply the retention policies now (on the leader), or show what they would delete."""
     client = ApiClient.from_options(url, token)
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        transient=True,
+        console=Console(stderr=True),  # stdout stays the answer alone
     ) as progress:
         progress.add_task("reading the build history" if dry_run else "applying retention")
         if dry_run:
