@@ -102,3 +102,29 @@ async def test_log_limit_lands_in_the_plan(client: httpx.AsyncClient, runtime: R
     bad = spec("bad").replace("stages:", "log_limit: huge\nstages:")
     r = await client.post("/api/v1/jobs", json={"spec": bad})
     assert_problem(r, 400, "invalid size 'huge'")
+
+
+async def test_controller_cuts_the_log_of_an_agent_that_does_not(
+    client: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """An agent that ignores plan.log_limit: the controller keeps limit + 4 KB slack,
+    ends the log with the truncation line, and acknowledges (drops) the rest."""
+    await create_job(client, spec("chatty").replace("stages:", "log_limit: 1KB\nstages:"))
+    build_id = (await trigger(client, "chatty")).json()["id"]
+    agent = await register(client, "a1")
+    assert await dispatch_once(runtime) == 1
+    [item] = (await poll(client, agent, start=True))["assignments"]
+    headers = {"X-Agent-Id": str(agent)}
+    url = f"/agent/v1/assignments/{item['assignment_id']}/log"
+    chunk = b"x" * 8192
+    for seq in range(3):
+        for _ in range(2):  # a resend is harmless, also past the limit
+            r = await client.post(
+                url, params={"seq": seq, "offset": seq * 8192}, content=chunk, headers=headers
+            )
+            assert r.status_code == 200, r.text
+    log = (await client.get(f"/api/v1/builds/{build_id}/log")).content
+    line = b"[conveyor] log truncated at 1 KB (limit 1 KB, job log_limit)"
+    assert log.startswith(b"x" * (1024 + 4096) + b"\n" + line)
+    assert log.count(b"x") == 1024 + 4096
+    assert log.count(b"[conveyor]") == 1
