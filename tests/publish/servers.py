@@ -222,3 +222,26 @@ def write_wheel(folder: Path, name: str = "conveyor_demo", version: str = "0.1.0
             zf.writestr(path, data)
         zf.writestr(f"{dist_info}/RECORD", "\n".join(record) + "\n")
     return wheel
+
+
+def write_sdist(folder: Path, name: str = "conveyor-demo-src", version: str = "0.2.0") -> Path:
+    """A tiny source distribution (.tar.gz with NAME-VERSION/PKG-INFO), by hand."""
+    import io
+    import tarfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    base = f"{name.replace('-', '_')}-{version}"
+    files = {
+        f"{base}/PKG-INFO": (
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+            "Summary: An sdist published by a Conveyor test\n\nLong text.\n"
+        ).encode(),
+        f"{base}/setup.py": b"from setuptools import setup\nsetup()\n",
+    }
+    sdist = folder / f"{base}.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tf:
+        for path, data in files.items():
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return sdist

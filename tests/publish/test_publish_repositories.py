@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from xml.etree import ElementTree
 
+import httpx
 import pytest
 
 from conveyor.agent.publish import Publication, PublishError, publish
@@ -341,3 +342,26 @@ async def test_symlink_inside_the_workspace_is_followed(tmp_path: Path, dav: Dav
     (ws / "link.bin").symlink_to(ws / "real" / "app.bin")
     await publish(spec(type="http", url=f"{dav.url}/repo/", files=["link.bin"]), ws, {}, Log())
     assert (dav.root / "repo/link.bin").read_bytes() == b"inside"
+
+
+async def test_pypi_sdist_metadata_comes_from_pkg_info(tmp_path: Path, pypi: PypiServer) -> None:
+    from tests.publish.servers import write_sdist
+
+    sdist = write_sdist(tmp_path / "ws" / "dist")
+    done = await publish(
+        spec(
+            type="pypi",
+            url=pypi.url,
+            files=["dist/*.tar.gz"],
+            username="${REPO_USER}",
+            password="${REPO_PASSWORD}",
+        ),
+        tmp_path / "ws",
+        ENV,
+        Log(),
+    )
+    assert done[0].coordinates == "conveyor-demo-src==0.2.0"
+    assert (pypi.packages / sdist.name).read_bytes() == sdist.read_bytes()
+    async with httpx.AsyncClient(timeout=10) as c:
+        listing = await c.get(f"{pypi.url}simple/conveyor-demo-src/")
+    assert listing.status_code == 200 and sdist.name in listing.text
