@@ -125,7 +125,7 @@ class Runtime:
         retention = ArtifactRetention.from_settings(
             self.settings, self.store, self.blobs, self.lease, self.clock, self.metrics
         )
-        retention.policies = JobPolicyCache(self.store)
+        retention.policies = JobPolicyCache(self.store, self.settings.retention_keep_released)
         history = HistoryRetention.from_settings(
             self.settings, self.store, self.blobs, self.lease, self.clock, self.metrics
         )

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         ge=1,
         description="days a finished build is kept before it is deleted whole; unset: no age limit",
     )
+    retention_keep_released: bool = Field(
+        default=True,
+        description="retention never deletes a released build (one a publish step published "
+        "from), nor its artifacts",
+    )
     log_limit_mb: int | None = Field(
         default=1024,
         ge=1,

@@ -235,3 +235,51 @@ async def test_history_loop_pages_with_a_cursor(
     await history.run_once()
     remaining = [b.id for b in (await history_snapshot(store, 100)).builds]
     assert remaining == ids[-2:]
+
+
+async def test_released_builds_are_kept_unless_told_otherwise(
+    store: Store, clock: FakeClock, tmp_path: Path
+) -> None:
+    """A build a publish step published from is "released": neither policy deletes it
+    (nor its artifacts) while keep_released holds (the default)."""
+    blobs = FolderBlobStore(tmp_path / "blobs")
+    await store.create_job(fields(), None, clock())
+    agent = await _agent(store, clock)
+    released = await _build(store, clock, agent, BuildState.FAILED, {"a": 3}, blobs=blobs)
+    await record_publication(
+        store,
+        released,
+        step_key="0.0",
+        repository="pypi",
+        file="dist/x.whl",
+        url="http://index/",
+        size=3,
+        sha256="0" * 64,
+        coordinates="x==1",
+        now=clock(),
+    )
+    plain = await _build(store, clock, agent, BuildState.FAILED, {"a": 3}, blobs=blobs)
+    newest = [await _build(store, clock, agent, BuildState.FAILED) for _ in range(2)]
+
+    snap = await history_snapshot(store, 100)
+    assert [b.released for b in snap.builds] == [True, False, False, False]
+    lease = LeaderLease(store, "c1", 5, clock)
+    assert await lease.run_once()
+
+    artifacts = ArtifactRetention(store, blobs, lease, clock, RetentionPolicy(1, None))
+    assert await artifacts.run_once() == 3  # plain's; the released build keeps its own
+    assert len(await store.list_artifacts(released)) == 1
+
+    history = HistoryRetention(store, blobs, lease, clock, RetentionPolicy(1, None))
+    await history.run_once()
+    assert (await store.get_build(released)).id == released
+    with pytest.raises(NotFound):
+        await store.get_build(plain)
+
+    strict = HistoryRetention(
+        store, blobs, lease, clock, RetentionPolicy(1, None, keep_released=False)
+    )
+    await strict.run_once()
+    with pytest.raises(NotFound):
+        await store.get_build(released)
+    assert (await store.get_build(newest[-1])).id == newest[-1]

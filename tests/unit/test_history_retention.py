@@ -110,3 +110,13 @@ def test_bad_retention_blocks(block: str, message: str) -> None:
     with pytest.raises(SpecError) as error:
         parse_pipeline(_retention(block))
     assert message in str(error.value)
+
+
+def test_released_builds_stay_unless_the_policy_says_otherwise(clock: FakeClock) -> None:
+    builds = _history(clock, [F, F, F])
+    builds[0] = FinishedBuild(**{**builds[0].__dict__, "released": True})
+    snapshot = snapshot_of(builds)
+    keep = plan_history(snapshot, clock(), RetentionPolicy(keep_last=1, keep_days=None))
+    assert [d.number for d in keep.delete] == [2]
+    drop = plan_history(snapshot, clock(), RetentionPolicy(1, None, keep_released=False))
+    assert [d.number for d in drop.delete] == [1, 2]

@@ -11,6 +11,7 @@ from conveyor.controller.history import (
     HistoryRetention,
     JobPolicyCache,
     default_history_policy,
+    keep_released,
     preview,
 )
 from conveyor.controller.retention import ArtifactRetention
@@ -75,6 +76,7 @@ def _artifact_policy(settings: object) -> RetentionPolicy:
     return RetentionPolicy(
         keep_last=getattr(settings, "artifact_keep_last", None),
         keep_days=getattr(settings, "artifact_keep_days", 30),
+        keep_released=keep_released(settings),
     )
 
 
@@ -86,7 +88,7 @@ async def retention_preview(runtime: RuntimeDep, _: CallerDep) -> PreviewOut:
         runtime.clock(),
         default_history_policy(runtime.settings),
         _artifact_policy(runtime.settings),
-        JobPolicyCache(runtime.store),
+        JobPolicyCache(runtime.store, keep_released(runtime.settings)),
     )
     return PreviewOut(
         builds=[BuildGoingOut.of(d) for d in found.builds],

@@ -32,6 +32,7 @@ from conveyor.core.retention import (
 from conveyor.store import Store
 from conveyor.store.history import delete_build, history_snapshot, job_specs
 from conveyor.store.retention import retention_snapshot
+from conveyor.store.store import FencedOut
 
 log = structlog.get_logger(__name__)
 
@@ -40,14 +41,14 @@ class JobPolicyCache:
     """Per-job retention overrides, re-read from the job specs on each call; a spec is
     parsed again only when its version changed."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, keep_released: bool = True) -> None:
         self.store = store
+        self.keep_released = keep_released
         self._parsed: dict[str, tuple[int, RetentionSpec | None]] = {}
 
     async def load(self) -> JobPolicies:
-        specs = await job_specs(self.store)
         parsed: dict[str, tuple[int, RetentionSpec | None]] = {}
-        for name, (version, text) in specs.items():
+        for name, (version, text) in (await job_specs(self.store)).items():
             cached = self._parsed.get(name)
             if cached is not None and cached[0] == version:
                 parsed[name] = cached
@@ -59,14 +60,20 @@ class JobPolicyCache:
                 spec = None
             parsed[name] = (version, spec)
         self._parsed = parsed
-        return job_policies({name: spec for name, (_, spec) in parsed.items()})
+        by_job = {name: retention for name, (_, retention) in parsed.items()}
+        return job_policies(by_job, self.keep_released)
 
 
 def default_history_policy(settings: object) -> RetentionPolicy:
     return RetentionPolicy(
         keep_last=getattr(settings, "build_keep_last", None),
         keep_days=getattr(settings, "build_keep_days", None),
+        keep_released=keep_released(settings),
     )
+
+
+def keep_released(settings: object) -> bool:
+    return bool(getattr(settings, "retention_keep_released", True))
 
 
 @dataclass
@@ -120,6 +127,7 @@ class HistoryRetention:
         policies: JobPolicyCache | None = None,
     ) -> HistoryRetention:
         policy = default_history_policy(settings)
+        policies = policies or JobPolicyCache(store, keep_released(settings))
         return cls(store, blobs, lease, clock, policy, policies, metrics)
 
     async def run_once(self) -> int:
@@ -139,7 +147,15 @@ class HistoryRetention:
                 break
             self._after = max(b.id for b in snapshot.builds)
             for deletion in plan_history(snapshot, now, self.policy, per_job.history).delete:
-                gone = await delete_build(self.store, deletion.build_id, fence=fence, now=now)
+                try:
+                    gone = await delete_build(self.store, deletion.build_id, fence=fence, now=now)
+                except FencedOut:
+                    raise  # no longer the leader: stop the pass
+                except Exception:  # e.g. a row of another feature that blocks the delete
+                    log.warning(
+                        "retention.build_delete_failed", build_id=deletion.build_id, exc_info=True
+                    )
+                    continue
                 if gone is None:
                     continue  # pinned, retried or deleted meanwhile
                 keys = [*gone.artifact_keys, *([gone.log_blob] if gone.log_blob else [])]

@@ -57,6 +57,7 @@ class ArtifactRetention:
         policy = RetentionPolicy(
             keep_last=getattr(settings, "artifact_keep_last", None),
             keep_days=getattr(settings, "artifact_keep_days", 30),
+            keep_released=bool(getattr(settings, "retention_keep_released", True)),
         )
         return cls(store, blobs, lease, clock, policy, metrics)
 

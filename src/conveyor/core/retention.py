@@ -8,6 +8,8 @@ store pages through them). A build is pruned when it is older than ``keep_days``
 is enough, as in Jenkins' "discard old builds"), and never when it is:
 
 * pinned (``conveyor`` keeps it until it is unpinned),
+* released: a ``publish`` step published from it (unless the policy says
+  ``keep_released=False``),
 * not finished (its artifacts may still be arriving),
 * the last successful build of its job (what "latest good artifacts" points at).
 
@@ -36,6 +38,8 @@ class RetentionPolicy:
 
     keep_last: int | None = None
     keep_days: int | None = 30
+    #: Keep released builds (those a ``publish`` step published from) whatever the rules.
+    keep_released: bool = True
 
     def __post_init__(self) -> None:
         if self.keep_last is not None and self.keep_last < 1:
@@ -65,6 +69,8 @@ class FinishedBuild:
     newer: int = 0
     #: Bytes of the build's log (live chunks or compacted blob).
     log_bytes: int = 0
+    #: A ``publish`` step published from it (it has publication records).
+    released: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,8 @@ def reasons_to_prune(
     if build.pinned or build.state not in FINISHED_STATES or build.finished_at is None:
         return []
     if build.id == last_succeeded or build.artifact_count == 0:
+        return []
+    if build.released and policy.keep_released:
         return []
     reasons: list[str] = []
     if policy.keep_days is not None and build.finished_at < now - timedelta(days=policy.keep_days):
@@ -186,8 +194,8 @@ class RuleSpec(BaseModel):
             raise PydanticCustomError("retention", "give builds, days or both")
         return self
 
-    def policy(self) -> RetentionPolicy:
-        return RetentionPolicy(keep_last=self.builds, keep_days=self.days)
+    def policy(self, keep_released: bool = True) -> RetentionPolicy:
+        return RetentionPolicy(self.builds, self.days, keep_released)
 
 
 class RetentionSpec(BaseModel):
@@ -205,11 +213,11 @@ class RetentionSpec(BaseModel):
             raise PydanticCustomError("retention", "give builds, days, artifacts or some of them")
         return self
 
-    def history(self) -> RetentionPolicy | None:
+    def history(self, keep_released: bool = True) -> RetentionPolicy | None:
         """The job's build-history policy, or None to use the controller's default."""
         if self.builds is None and self.days is None:
             return None
-        return RetentionPolicy(keep_last=self.builds, keep_days=self.days)
+        return RetentionPolicy(self.builds, self.days, keep_released)
 
 
 @dataclass(frozen=True)
@@ -224,17 +232,20 @@ class JobPolicies:
         return not self.history and not self.artifacts
 
 
-def job_policies(specs: Mapping[str, RetentionSpec | None]) -> JobPolicies:
-    """The overrides of each job from its ``retention:`` block (job name -> spec)."""
+def job_policies(
+    specs: Mapping[str, RetentionSpec | None], keep_released: bool = True
+) -> JobPolicies:
+    """The overrides of each job from its ``retention:`` block (job name -> spec);
+    ``keep_released`` is the controller's (released builds are kept, or not)."""
     history: dict[str, RetentionPolicy] = {}
     artifacts: dict[str, RetentionPolicy] = {}
     for job, spec in specs.items():
         if spec is None:
             continue
-        if (policy := spec.history()) is not None:
+        if (policy := spec.history(keep_released)) is not None:
             history[job] = policy
         if spec.artifacts is not None:
-            artifacts[job] = spec.artifacts.policy()
+            artifacts[job] = spec.artifacts.policy(keep_released)
     return JobPolicies(history, artifacts)
 
 
@@ -273,7 +284,7 @@ def history_reasons(
     build, nor the last succeeded one of its job (what "latest good" points at)."""
     if build.pinned or build.state not in FINISHED_STATES or build.finished_at is None:
         return []
-    if build.id == last_succeeded:
+    if build.id == last_succeeded or (build.released and policy.keep_released):
         return []
     reasons: list[str] = []
     if policy.keep_days is not None and build.finished_at < now - timedelta(days=policy.keep_days):

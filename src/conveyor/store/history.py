@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, delete, func, select
+from sqlalchemy import and_, delete, exists, func, select
 
 from conveyor.core.retention import FinishedBuild, RetentionSnapshot
 from conveyor.core.states import FINISHED_STATES, BuildState
+from conveyor.store.publications import publications
 from conveyor.store.schema import artifacts, build_steps, builds, jobs, log_chunks
 from conveyor.store.store import Fence, Store
 
@@ -58,6 +59,8 @@ async def history_snapshot(store: Store, limit: int, after: int = 0) -> Retentio
         )
         .scalar_subquery()
     )
+    # Released: a publish step published from it (conveyor.store.publications).
+    released = exists().where(publications.c.build_id == builds.c.id)
     query = (
         select(
             builds.c.id,
@@ -72,6 +75,7 @@ async def history_snapshot(store: Store, limit: int, after: int = 0) -> Retentio
             func.coalesce(per_build.c.artifact_count, 0).label("artifact_count"),
             func.coalesce(per_build.c.artifact_bytes, 0).label("artifact_bytes"),
             newer.label("newer"),
+            released.label("released"),
         )
         .outerjoin(per_build, per_build.c.build_id == builds.c.id)
         .where(builds.c.id > after, builds.c.state.in_(FINISHED), builds.c.pinned.is_(False))
@@ -108,6 +112,7 @@ async def history_snapshot(store: Store, limit: int, after: int = 0) -> Retentio
                 artifact_count=int(r.artifact_count),
                 has_log=r.log_blob is not None or bool(r.log_size),
                 newer=int(r.newer),
+                released=bool(r.released),
                 log_bytes=int(r.log_size or 0),
             )
             for r in rows
