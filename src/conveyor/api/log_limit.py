@@ -21,13 +21,16 @@ SLACK = 4096
 #: Assignments whose limit is remembered (one store read per assignment otherwise).
 CACHE_SIZE = 10_000
 
-_limits: OrderedDict[str, tuple[int | None, str]] = OrderedDict()
+#: (controller id, assignment id) -> (limit, where it comes from); keyed by controller
+#: too, as tests run several controllers in one process.
+_limits: OrderedDict[tuple[str, str], tuple[int | None, str]] = OrderedDict()
 
 
 async def _limit_of(runtime: Any, assignment_id: str, agent_id: int) -> tuple[int | None, str]:
-    cached = _limits.get(assignment_id)
+    key = (str(getattr(runtime, "controller_id", "")), assignment_id)
+    cached = _limits.get(key)
     if cached is not None:
-        _limits.move_to_end(assignment_id)
+        _limits.move_to_end(key)
         return cached
     build = await runtime.store.get_build_for_assignment(assignment_id, agent_id)
     plan = build.plan or {}
@@ -36,7 +39,7 @@ async def _limit_of(runtime: Any, assignment_id: str, agent_id: int) -> tuple[in
     if limit is None:
         mb = getattr(runtime.settings, "log_limit_mb", None)
         limit, source = (mb * 1024 * 1024, "controller log_limit_mb") if mb else (None, "")
-    _limits[assignment_id] = (limit, source)
+    _limits[key] = (limit, source)
     if len(_limits) > CACHE_SIZE:
         _limits.popitem(last=False)
     return limit, source
