@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conveyor.core.plan import BuildPlan, StepPlan
 from conveyor.core.states import BuildState, StepState
 from tests.publish.servers import DavServer
@@ -85,3 +87,33 @@ async def test_a_publish_step_that_succeeds(tmp_path: Path, dav: DavServer) -> N
     assert await executor.run() == BuildState.SUCCEEDED
     assert (dav.root / "repo" / "notes.txt").read_text() == "n"
     assert reporter.published[0][1]["repository"] == "http"
+
+
+async def test_an_unexpected_error_fails_the_step_not_the_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong inside the uploaders (here: a file that cannot be read,
+    injected at our own seam) ends as a failed step with the reason in the log."""
+    from conveyor.agent import publish as publish_module
+
+    async def unreadable(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Permission denied", "dist/app.bin")
+
+    monkeypatch.setattr(publish_module, "publish", unreadable)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    plan = BuildPlan(
+        stages=[
+            stage(
+                "release",
+                publish_step("0.0", type="http", url="http://127.0.0.1:9/r/", files=["x"]),
+                StepPlan(key="0.1", stage="release", kind="echo", name="echo", message="next"),
+            )
+        ]
+    )
+    executor, _ = make(ws, plan)
+    reporter = Recorder()
+    executor.reporter = reporter
+    assert await executor.run() == BuildState.FAILED
+    assert "publish: failed: PermissionError: [Errno 13] Permission denied" in reporter.text
+    assert reporter.finished("0.1") == [(StepState.SKIPPED, None, 0)]

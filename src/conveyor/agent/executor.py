@@ -488,6 +488,9 @@ class BuildExecutor:
         except ValueError as exc:  # an invalid spec in a plan made elsewhere
             ok = False
             await out.line(f"{RED}publish: invalid step: {exc}{RESET}")
+        except Exception as exc:  # unreadable file, odd URL...: the step fails, not the agent
+            ok = False
+            await out.line(f"{RED}publish: failed: {type(exc).__name__}: {exc}{RESET}")
         record = getattr(self.reporter, "record_publication", None)
         for publication in done:
             if record is not None:
