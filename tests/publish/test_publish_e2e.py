@@ -77,9 +77,10 @@ stages:
 """
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Controller]:
-    controller = Controller(tmp_path / "controller").start()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Controller]:
+    database = request.getfixturevalue("fresh_pg_url") if request.param == "postgresql" else None
+    controller = Controller(tmp_path / "controller", database).start()
     agent = AgentProcess(controller, "publisher-agent", tmp_path / "agent").start()
     try:
         wait_agents_online(controller, 1)
