@@ -115,6 +115,18 @@ class Metrics:
             "that deleted them).",
             registry=r,
         )
+        self.retention_builds_deleted_total = Counter(
+            "conveyor_retention_builds_deleted_total",
+            "Builds deleted whole by build-history retention (counted by the leader).",
+            registry=r,
+        )
+        self.retention_history_freed_bytes_total = Counter(
+            "conveyor_retention_history_freed_bytes_total",
+            "Bytes freed by build-history retention, by what: artifacts or logs (counted "
+            "by the leader).",
+            ["what"],
+            registry=r,
+        )
         self.build_failures_total = Counter(
             "conveyor_build_failures_total",
             "Failed, timed-out and lost builds by failure-analysis category (counted by "

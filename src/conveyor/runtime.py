@@ -17,6 +17,7 @@ from conveyor.controller.builds import BuildService
 from conveyor.controller.clock import Clock, utcnow
 from conveyor.controller.dispatcher import Dispatcher
 from conveyor.controller.failures import FailureAnalyzer
+from conveyor.controller.history import HistoryRetention, JobPolicyCache
 from conveyor.controller.leader import LeaderLease
 from conveyor.controller.loops import LoopRunner
 from conveyor.controller.membership import HEARTBEAT_SECONDS, ClusterMembership
@@ -79,6 +80,8 @@ class Runtime:
         failures = FailureAnalyzer.load(settings.failure_patterns_file)
         notifier = Notifier.from_settings(settings, store, clock)
         builds = BuildService(store, blobs, wakeups, clock, metrics, failures, notifier)
+        if settings.log_limit_mb is not None:
+            builds.default_log_limit = settings.log_limit_mb * 1024 * 1024
         address = settings.public_url or f"http://{settings.host}:{settings.port}"
         membership = ClusterMembership(store, controller_id, address, settings.role, clock)
         return cls(
@@ -126,11 +129,16 @@ class Runtime:
         retention = ArtifactRetention.from_settings(
             self.settings, self.store, self.blobs, self.lease, self.clock, self.metrics
         )
+        retention.policies = JobPolicyCache(self.store, self.settings.retention_keep_released)
+        history = HistoryRetention.from_settings(
+            self.settings, self.store, self.blobs, self.lease, self.clock, self.metrics
+        )
         self.loops = [
             LoopRunner("leader", self.lease.run_once, self.lease.next_attempt_in),
             LoopRunner("membership", self.membership.run_once, HEARTBEAT_SECONDS),
             LoopRunner("dispatcher", self.dispatcher.run_once, 1.0, self.wakeups, DISPATCH),
             LoopRunner("retention", retention.run_once, RETENTION_INTERVAL),
+            LoopRunner("history-retention", history.run_once, RETENTION_INTERVAL),
             LoopRunner("reaper", self.reaper.run_once, min(5.0, self.settings.agent_timeout / 3)),
             LoopRunner("metrics", self.metrics_updater.run_once, MetricsUpdater.INTERVAL),
         ]

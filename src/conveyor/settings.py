@@ -49,6 +49,28 @@ class Settings(BaseSettings):
     artifact_keep_days: int | None = Field(
         default=30, ge=0, description="days a finished build keeps its artifacts"
     )
+    build_keep_last: int | None = Field(
+        default=None,
+        ge=1,
+        description="finished builds kept per job (older ones are deleted whole, logs and "
+        "artifacts included); unset: no count limit (docs/retention.md)",
+    )
+    build_keep_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="days a finished build is kept before it is deleted whole; unset: no age limit",
+    )
+    retention_keep_released: bool = Field(
+        default=True,
+        description="retention never deletes a released build (one a publish step published "
+        "from), nor its artifacts",
+    )
+    log_limit_mb: int | None = Field(
+        default=1024,
+        ge=1,
+        description="most log megabytes per build (a job's log_limit wins); the rest is "
+        "dropped with one line; unset: no limit",
+    )
     log_level: str = "info"
     #: The first admin token, for deployments that hand it in from a secret store
     #: (Kubernetes/Docker secrets) instead of reading it from the first controller's home.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,6 +139,9 @@ class _Sink:
         self.events.append(("finished", key))
 
     async def upload_artifact(self, rel_path: str, file: Path) -> None:
+        pass
+
+    async def record_publication(self, step_key: str, publication: dict[str, Any]) -> None:
         pass
 
 

@@ -48,6 +48,9 @@ class FakeReporter:
     async def upload_artifact(self, rel_path: str, file: Path) -> None:
         self.uploads[rel_path] = file.read_bytes()
 
+    async def record_publication(self, step_key: str, publication: dict[str, Any]) -> None:
+        pass
+
     @property
     def text(self) -> str:
         return b"".join(self.chunks).decode()

@@ -153,7 +153,7 @@ def test_unknown_step_type() -> None:
     issue = only(BASE + "      - shh: make test\n")
     assert str(issue) == (
         "conveyor.yml:10: stages[0].steps[1]: unknown step type 'shh' "
-        "(expected sh, echo or archive)"
+        "(expected sh, echo, archive or publish)"
     )
     assert (issue.file, issue.line, issue.path) == ("conveyor.yml", 10, "stages[0].steps[1]")
 

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from conveyor.core.masking import StreamMasker, mask_text, secret_patterns
 from conveyor.core.plan import CredentialBind
@@ -133,6 +133,9 @@ class MaskingReporter:
 
     async def upload_artifact(self, rel_path: str, file: Path) -> None:
         await self.inner.upload_artifact(rel_path, file)
+
+    async def record_publication(self, step_key: str, publication: dict[str, Any]) -> None:
+        await self.inner.record_publication(step_key, publication)
 
     def mask(self, text: str | None) -> str | None:
         """A message (failure cause) with every secret masked."""

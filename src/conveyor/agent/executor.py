@@ -33,6 +33,7 @@ from typing import Any, Literal, Protocol
 
 from conveyor.agent.credentials import CredentialUnavailable, bind_credentials
 from conveyor.agent.process import StepProcess
+from conveyor.core.loglimit import truncation_line
 from conveyor.core.plan import BuildPlan, PostCondition, StagePlan, StepPlan
 from conveyor.core.states import BuildState, StepState
 
@@ -64,6 +65,8 @@ class BuildReporter(Protocol):
     ) -> None: ...
 
     async def upload_artifact(self, rel_path: str, file: Path) -> None: ...
+
+    async def record_publication(self, step_key: str, publication: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -185,6 +188,8 @@ class BuildExecutor:
         self._skipped: set[str] = set()
         self._procs: set[StepProcess] = set()
         self._log_lock = asyncio.Lock()
+        self._log_bytes = 0  # written so far, against plan.log_limit
+        self._log_cut = False  # the limit was reached: later output is dropped
         self._started = False
 
     def cancel(self) -> None:
@@ -383,8 +388,9 @@ class BuildExecutor:
         if step.kind == "echo":
             await out((step.message or "").encode() + b"\n")
             return StepState.SUCCEEDED, None, None
-        if step.kind == "archive":
-            task = asyncio.create_task(self._archive(step, out))
+        if step.kind in ("archive", "publish"):
+            work = self._archive(step, out) if step.kind == "archive" else self._publish(step, out)
+            task = asyncio.create_task(work)
             try:
                 why = await self._watch(task, chain)
             finally:
@@ -486,6 +492,39 @@ class BuildExecutor:
             await self.reporter.upload_artifact(rel, path)
         return True
 
+    async def _publish(self, step: StepPlan, out: _StepLog) -> bool:
+        """Upload to an external repository (conveyor.agent.publish); what reached it
+        is reported (``record_publication``) even when a later upload fails."""
+        from conveyor.agent.publish import PublishError, publish
+        from conveyor.core.publish import PublishSpec
+
+        done: list[Any] = []
+        ok = True
+        root = self.ctx.secrets_dir or self.ctx.workspace.parent / ".conveyor-secrets"
+        try:
+            spec = PublishSpec.model_validate(step.publish or {})
+            # Stored credentials bound to the step fill ${VAR} in its username/password.
+            with bind_credentials(step.credentials, self.ctx.credentials, root) as bound:
+                env = self._step_env(step)
+                env.update(bound)
+                await publish(spec, self.ctx.workspace, env, out.line, done)
+        except CredentialUnavailable as exc:
+            ok = False
+            await out.line(f"{RED}==> {exc}{RESET}")
+        except PublishError as exc:
+            ok = False
+            for line in str(exc).splitlines() or [""]:
+                await out.line(f"{RED}{line}{RESET}" if line.startswith("publish:") else line)
+        except ValueError as exc:  # an invalid spec in a plan made elsewhere
+            ok = False
+            await out.line(f"{RED}publish: invalid step: {exc}{RESET}")
+        except Exception as exc:  # unreadable file, odd URL...: the step fails, not the agent
+            ok = False
+            await out.line(f"{RED}publish: failed: {type(exc).__name__}: {exc}{RESET}")
+        for publication in done:
+            await self.reporter.record_publication(step.key, publication.to_json())
+        return ok
+
     # -- helpers --------------------------------------------------------------
 
     async def _watch(self, task: asyncio.Future[Any], chain: tuple[_Deadline, ...]) -> _Why:
@@ -532,7 +571,24 @@ class BuildExecutor:
 
     async def _write(self, data: bytes) -> None:
         async with self._log_lock:  # log() is never called concurrently
-            await self.reporter.log(data)
+            limit = self.ctx.plan.log_limit
+            if limit is None:
+                await self.reporter.log(data)
+                return
+            if self._log_cut:
+                return  # over the limit: dropped here, never sent (the build goes on)
+            room = limit - self._log_bytes
+            if len(data) <= room:
+                self._log_bytes += len(data)
+                await self.reporter.log(data)
+                return
+            self._log_cut = True
+            head = data[: max(room, 0)]
+            newline = b"\n" if head and not head.endswith(b"\n") else b""
+            source = self.ctx.plan.log_limit_source or "log limit"
+            cut = head + newline + truncation_line(limit, source)
+            self._log_bytes += len(cut)
+            await self.reporter.log(cut)
 
     async def _log_line(self, text: str, prefix: str | None = None) -> None:
         await self._write(f"{prefix or ''}{text}\n".encode())

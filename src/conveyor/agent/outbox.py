@@ -102,7 +102,7 @@ EVENTS_FILE = "events.jsonl"
 ARTIFACTS_DIR = "artifacts"
 _SEGMENT_RE = re.compile(r"^log-(\d{16,})\.bin$")
 
-EventKind = Literal["step", "artifact", "finish"]
+EventKind = Literal["step", "artifact", "finish", "publication"]
 
 
 class OutboxCorrupt(Exception):
@@ -416,6 +416,10 @@ class BuildOutbox:
     async def add_artifact(self, rel_path: str, file: Path) -> None:
         await self._append_event("artifact", {"path": rel_path, "file": str(file)})
 
+    async def add_publication(self, step_key: str, publication: dict[str, Any]) -> None:
+        """Where a ``publish`` step put a file (``POST .../publications``)."""
+        await self._append_event("publication", {"step": step_key, **publication})
+
     async def finish(self, result: str, cause: str | None) -> None:
         """Append the final result; nothing can be appended after it."""
         await self._append_event("finish", {"result": result, "cause": cause})
@@ -633,6 +637,10 @@ class BuildOutbox:
                     answer = await self.client.call(
                         "POST", f"{base}/finish", json=item.body, attempts=1
                     )
+                elif item.kind == "publication":
+                    answer = await self.client.call(
+                        "POST", f"{base}/publications", json=item.body, attempts=1
+                    )
                 else:
                     answer = await self._upload(base, item)
             except ProtocolError as exc:
@@ -647,6 +655,13 @@ class BuildOutbox:
                         )
                         self.batch_events = False
                     raise _Unbatch from exc
+                if isinstance(item, _Event) and item.kind == "publication" and _no_such_route(exc):
+                    log.warning(
+                        "outbox.no_publications_endpoint",
+                        assignment=self.assignment_id,
+                        note="the controller does not record publications; the build goes on",
+                    )
+                    return None
                 if isinstance(item, _Event) and exc.status_code in _BAD_EVENT_STATUS:
                     log.warning(
                         "outbox.event_refused",
@@ -959,3 +974,6 @@ class OutboxReporter:
 
     async def upload_artifact(self, rel_path: str, file: Path) -> None:
         await self.outbox.add_artifact(rel_path, file)
+
+    async def record_publication(self, step_key: str, publication: dict[str, Any]) -> None:
+        await self.outbox.add_publication(step_key, publication)

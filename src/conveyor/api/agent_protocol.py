@@ -19,6 +19,7 @@ from fastapi import APIRouter, Header, Query, Request
 from pydantic import BaseModel, Field, model_validator
 
 from conveyor.api.deps import CallerDep, RuntimeDep
+from conveyor.api.log_limit import clip_chunk
 from conveyor.api.routes_builds import guess_type
 from conveyor.controller.wakeups import DISPATCH, Wakeups, agent_channel, build_channel
 from conveyor.core.labels import is_valid_label
@@ -269,6 +270,12 @@ async def append_log(
     data = await request.body()
     if len(data) > MAX_LOG_CHUNK:
         raise InvalidInput(f"log chunk too large ({len(data)} bytes > {MAX_LOG_CHUNK})")
+    # The log size limit, should the agent not enforce it (conveyor.api.log_limit).
+    clipped = await clip_chunk(runtime, assignment_id, agent_id, offset, data)
+    if clipped is None:
+        build = await runtime.store.get_build_for_assignment(assignment_id, agent_id)
+        return AckOut(cancel=bool(build.cancel_requested))
+    data = clipped
     build_id, cancel = await runtime.store.append_log(assignment_id, agent_id, seq, offset, data)
     # conveyor_log_bytes_total: bytes accepted (a re-sent chunk counts again)
     runtime.metrics.log_bytes(len(data))

@@ -20,6 +20,8 @@ from conveyor.api import (
     routes_jobs,
     routes_metrics,
     routes_notifications,
+    routes_publications,
+    routes_retention,
 )
 from conveyor.api.errors import install_error_handlers, problem
 from conveyor.api.middleware import RequestMiddleware
@@ -80,4 +82,7 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
     app.include_router(routes_notifications.router)
     app.include_router(routes_credentials.router)
     app.include_router(agent_protocol.router)
+    app.include_router(routes_publications.router)
+    app.include_router(routes_publications.agent_router)
+    app.include_router(routes_retention.router)
     return app

@@ -155,4 +155,11 @@ def _register_artifacts() -> None:
     app.command("artifacts")(artifacts.artifacts)
 
 
+def _register_publications() -> None:
+    from conveyor.cli import publications
+
+    app.command("publications")(publications.publications)
+
+
 _register_artifacts()
+_register_publications()

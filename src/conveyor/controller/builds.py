@@ -66,6 +66,8 @@ class BuildService:
         self.wakeups = wakeups
         self.clock = clock
         self._background: set[asyncio.Task[None]] = set()
+        #: Log bytes per build when the job sets no log_limit (settings.log_limit_mb).
+        self.default_log_limit: int | None = None
 
     async def trigger(
         self,
@@ -82,6 +84,9 @@ class BuildService:
             raise InvalidInput(str(exc), errors=list(exc.errors)) from exc
         # Unknown credential ids are refused now (400 naming them), not at run time.
         await check_bindings(self.store, (c for s, _ in plan.iter_steps() for c in s.credentials))
+        if plan.log_limit is None and self.default_log_limit is not None:
+            plan.log_limit = self.default_log_limit
+            plan.log_limit_source = "controller log_limit_mb"
         build = await self.store.create_build(
             NewBuild(
                 job_name=job.name,

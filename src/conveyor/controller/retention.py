@@ -1,6 +1,7 @@
 """The artifact retention loop (leader only): snapshot -> policy -> delete the artifact
-rows, then their blobs. The policy is :mod:`conveyor.core.retention`; for now one
-controller-wide default (``artifact_keep_last``, ``artifact_keep_days``)."""
+rows, then their blobs. The policy is :mod:`conveyor.core.retention`: the
+controller-wide default (``artifact_keep_last``, ``artifact_keep_days``) and, with
+``policies`` set, each job's ``retention: {artifacts: ...}`` override."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ class ArtifactRetention:
         self.clock = clock
         self.policy = policy
         self.metrics = metrics
+        # Per-job overrides (conveyor.controller.history.JobPolicyCache), set by the runtime.
+        self.policies: Any = None
 
     @classmethod
     def from_settings(
@@ -54,13 +57,17 @@ class ArtifactRetention:
         policy = RetentionPolicy(
             keep_last=getattr(settings, "artifact_keep_last", None),
             keep_days=getattr(settings, "artifact_keep_days", 30),
+            keep_released=bool(getattr(settings, "retention_keep_released", True)),
         )
         return cls(store, blobs, lease, clock, policy, metrics)
 
     async def run_once(self) -> int:
         """One pass; returns the bytes of artifacts freed (0 when not leading)."""
         fence = self.lease.fence
-        if fence is None or self.policy.keeps_everything:
+        if fence is None:
+            return 0
+        per_job = (await self.policies.load()).artifacts if self.policies is not None else {}
+        if self.policy.keeps_everything and not per_job:
             return 0
         now = self.clock()
         pruned = freed = 0
@@ -70,7 +77,7 @@ class ArtifactRetention:
             if not snapshot.builds:
                 break
             after = max(b.id for b in snapshot.builds)
-            for prune in plan_retention(snapshot, now, self.policy).prune:
+            for prune in plan_retention(snapshot, now, self.policy, per_job).prune:
                 keys = await delete_artifacts_of(self.store, prune.build_id, fence=fence, now=now)
                 if not keys:
                     continue  # pinned or changed meanwhile

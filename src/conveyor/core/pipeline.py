@@ -29,8 +29,11 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from conveyor.core.labels import parse_label_expression
+from conveyor.core.loglimit import parse_size
 from conveyor.core.notifications import NotifyEntry
 from conveyor.core.planner import ParameterError, plan_build, resolve_parameters
+from conveyor.core.publish import PublishSpec
+from conveyor.core.retention import RetentionSpec
 
 __all__ = [
     "MAX_SPEC_BYTES",
@@ -57,7 +60,7 @@ __all__ = [
 MAX_SPEC_BYTES = 1024 * 1024
 MAX_YAML_NODES = 100_000  # after alias expansion ("billion laughs" guard)
 MAX_DURATION = 30 * 24 * 3600.0
-STEP_KINDS = ("sh", "echo", "archive", "notify")
+STEP_KINDS = ("sh", "echo", "archive", "notify", "publish")
 NOTIFY_OUTSIDE_POST = "notify steps are only allowed in post blocks"
 
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -235,16 +238,20 @@ class Step(_Model):
     echo: str | None = None
     archive: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
     notify: NotifyStep | None = None
+    # Upload workspace files to an external repository (docs/publishing.md).
+    publish: PublishSpec | None = None
     timeout: Duration | None = None
     retry: Retry | None = None
     credentials: Credentials = Field(default_factory=list)
 
     @property
-    def kind(self) -> Literal["sh", "echo", "archive", "notify"]:
+    def kind(self) -> Literal["sh", "echo", "archive", "notify", "publish"]:
         if self.sh is not None:
             return "sh"
         if self.echo is not None:
             return "echo"
+        if self.publish is not None:
+            return "publish"
         return "notify" if self.notify is not None else "archive"
 
     @model_validator(mode="before")
@@ -259,9 +266,10 @@ class Step(_Model):
             others = [str(k) for k in data if k not in ("timeout", "retry", "credentials")]
             if len(others) == 1:
                 raise _error(
-                    "step", f"unknown step type {others[0]!r} (expected sh, echo or archive)"
+                    "step",
+                    f"unknown step type {others[0]!r} (expected sh, echo, archive or publish)",
                 )
-            raise _error("step", "a step needs exactly one of sh, echo, archive")
+            raise _error("step", "a step needs exactly one of sh, echo, archive, publish")
         return data
 
     @field_validator("sh", mode="before")
@@ -404,6 +412,10 @@ class Pipeline(_Model):
     notify: list[NotifyEntry] = Field(default_factory=list)
     # Stored credentials bound into every step (docs/credentials.md).
     credentials: Credentials = Field(default_factory=list)
+    # How long builds, logs and artifacts of this job are kept (docs/retention.md).
+    retention: RetentionSpec | None = None
+    # Most log bytes per build, e.g. "200MB" (docs/storage.md); default: the controller's.
+    log_limit: Annotated[int, BeforeValidator(parse_size)] | None = None
 
     @field_validator("name")
     @classmethod

@@ -10,11 +10,13 @@ not hold is kept with ``skipped=True`` so that UIs can show it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-StepKind = Literal["sh", "echo", "archive", "notify"]  # notify: post only, run by the controller
+StepKind = Literal[
+    "sh", "echo", "archive", "notify", "publish"
+]  # notify: post only, run by the controller
 PostCondition = Literal["always", "success", "failure", "cancelled"]
 
 
@@ -40,6 +42,7 @@ class StepPlan(BaseModel):
     message: str | None = None  # kind == "echo"; kind == "notify": its own message, if any
     notifier: str | None = None  # kind == "notify": the notifier's name
     paths: list[str] = Field(default_factory=list)  # kind == "archive": glob patterns
+    publish: dict[str, Any] | None = None  # kind == "publish": the PublishSpec, as JSON
     timeout: float | None = None  # seconds, per attempt
     retry: int = 0  # extra attempts after a failure
     environment: dict[str, str] = Field(default_factory=dict)  # stage env, merged by planner
@@ -63,6 +66,8 @@ class BuildPlan(BaseModel):
     post: dict[PostCondition, list[StepPlan]] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)  # pipeline env + parameters
     timeout: float | None = None  # whole build, seconds
+    log_limit: int | None = None  # most log bytes (job's log_limit or the controller's)
+    log_limit_source: str | None = None  # where log_limit came from, for the log line
 
     def credential_ids(self) -> list[str]:
         """Every credential id some step of this plan binds, sorted."""

@@ -147,6 +147,8 @@ def _step_name(step: Step) -> str:
         text = step.sh.script
     elif step.echo is not None:
         text = step.echo
+    elif step.publish is not None:
+        text = f"{step.publish.type} {', '.join(step.publish.patterns)}"
     else:
         text = ", ".join(step.archive or [])
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -176,6 +178,7 @@ def _plan_step(
         message=step.notify.message if step.notify is not None else step.echo,
         notifier=step.notify.notifier if step.notify is not None else None,
         paths=list(step.archive or []),
+        publish=step.publish.model_dump(mode="json") if step.publish is not None else None,
         timeout=step.timeout,
         retry=step.retry or 0,
         environment=dict(env),
@@ -237,4 +240,6 @@ def plan_build(pipeline: Pipeline, params: Mapping[str, str | bool | int | None]
         post=post,
         environment={**pipeline.environment, **values},
         timeout=pipeline.timeout,
+        log_limit=pipeline.log_limit,
+        log_limit_source="job log_limit" if pipeline.log_limit is not None else None,
     )

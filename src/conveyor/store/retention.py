@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, delete, exists, func, select, update
 
 from conveyor.core.retention import FinishedBuild, RetentionSnapshot
 from conveyor.core.states import FINISHED_STATES, BuildState
 from conveyor.errors import NotFound
+from conveyor.store.publications import publications
 from conveyor.store.schema import artifacts, builds
 from conveyor.store.store import Fence, Store
 
@@ -47,6 +48,8 @@ async def retention_snapshot(store: Store, limit: int, after: int = 0) -> Retent
         )
         .scalar_subquery()
     )
+    # Released: a publish step published from it (conveyor.store.publications).
+    released = exists().where(publications.c.build_id == builds.c.id)
     query = (
         select(
             builds.c.id,
@@ -61,6 +64,7 @@ async def retention_snapshot(store: Store, limit: int, after: int = 0) -> Retent
             per_build.c.artifact_count,
             per_build.c.artifact_bytes,
             newer.label("newer"),
+            released.label("released"),
         )
         .join(per_build, per_build.c.build_id == builds.c.id)
         .where(builds.c.id > after, builds.c.state.in_(FINISHED), builds.c.pinned.is_(False))
@@ -106,6 +110,7 @@ async def retention_snapshot(store: Store, limit: int, after: int = 0) -> Retent
                 artifact_count=int(r.artifact_count),
                 has_log=r.log_blob is not None or bool(r.log_size),
                 newer=int(r.newer),
+                released=bool(r.released),
             )
             for r in rows
         ),
