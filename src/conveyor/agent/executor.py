@@ -73,6 +73,7 @@ class BuildContext:
     base_env: dict[str, str]
     kill_grace: float = 3.0
     post_timeout: float = POST_STEP_TIMEOUT
+    mirror_root: Path | None = None  # the agent's git mirror cache (plan.checkout)
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,8 @@ class BuildExecutor:
 
     async def _run_main(self, chain: tuple[_Deadline, ...]) -> BuildState:
         state = StepState.SUCCEEDED
+        if self.ctx.plan.checkout is not None and not await self._checkout():
+            state = StepState.FAILED  # every stage is skipped; post failure runs
         for stage in self.ctx.plan.stages:
             if state is not StepState.SUCCEEDED or self._cancel_event.is_set():
                 await self._skip_stage(stage)
@@ -513,6 +516,13 @@ class BuildExecutor:
     async def _write(self, data: bytes) -> None:
         async with self._log_lock:  # log() is never called concurrently
             await self.reporter.log(data)
+
+    async def _checkout(self) -> bool:
+        from conveyor.agent.checkout import checkout
+
+        assert self.ctx.plan.checkout is not None
+        mirrors = self.ctx.mirror_root or self.ctx.workspace.parent.parent / "mirrors"
+        return await checkout(self.ctx.plan.checkout, self.ctx.workspace, mirrors, self._log_line)
 
     async def _log_line(self, text: str, prefix: str | None = None) -> None:
         await self._write(f"{prefix or ''}{text}\n".encode())

@@ -331,6 +331,7 @@ class Agent:
                 "CONVEYOR_WORKSPACE": str(workspace.resolve()),
             },
             kill_grace=self.config.kill_grace,
+            mirror_root=self.config.workdir / "mirrors",
         )
         outbox = self._outbox(
             aid, meta={"build_id": build_id, "workspace": str(workspace.resolve())}

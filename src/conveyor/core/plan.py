@@ -45,11 +45,24 @@ class StagePlan(BaseModel):
     skip_reason: str | None = None
 
 
+class CheckoutPlan(BaseModel):
+    """The commit an agent checks out into the workspace before the first stage
+    (jobs with ``scm``; docs/scm.md). ``credential`` is an id, never a secret."""
+
+    url: str
+    commit: str
+    branch: str | None = None
+    credential: str | None = None
+    author: str | None = None
+    subject: str | None = None
+
+
 class BuildPlan(BaseModel):
     stages: list[StagePlan] = Field(default_factory=list)
     post: dict[PostCondition, list[StepPlan]] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)  # pipeline env + parameters
     timeout: float | None = None  # whole build, seconds
+    checkout: CheckoutPlan | None = None  # jobs with a repository: the commit to build
 
     def iter_steps(self) -> Iterator[tuple[StepPlan, bool]]:
         """Every step, in display order, with whether it is skipped."""
