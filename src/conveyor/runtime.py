@@ -24,6 +24,8 @@ from conveyor.controller.notifications import Notifier
 from conveyor.controller.pg_wakeups import PgWakeups
 from conveyor.controller.reaper import Reaper
 from conveyor.controller.retention import RETENTION_INTERVAL, ArtifactRetention
+from conveyor.controller.scm import ScmBuilds
+from conveyor.controller.triggers import TriggerLoop
 from conveyor.controller.wakeups import DISPATCH, Wakeups
 from conveyor.metrics import Metrics, MetricsUpdater
 from conveyor.settings import Settings
@@ -59,6 +61,8 @@ class Runtime:
     notifier: Notifier
     metrics: Metrics
     metrics_updater: MetricsUpdater
+    scm: ScmBuilds | None = None
+    triggers: TriggerLoop | None = None
     loops: list[LoopRunner] = field(default_factory=list)
     first_admin_token: str | None = None
 
@@ -79,6 +83,8 @@ class Runtime:
         builds = BuildService(store, blobs, wakeups, clock, metrics, failures, notifier)
         address = settings.public_url or f"http://{settings.host}:{settings.port}"
         membership = ClusterMembership(store, controller_id, address, settings.role, clock)
+        scm = ScmBuilds(store, wakeups, clock, settings.home.resolve() / "mirrors")
+        builds.scm = scm
         return cls(
             settings=settings,
             store=store,
@@ -96,6 +102,8 @@ class Runtime:
             notifier=notifier,
             metrics=metrics,
             metrics_updater=MetricsUpdater(metrics, store, lease, clock),
+            scm=scm,
+            triggers=TriggerLoop(store, builds, scm, lease, clock, settings.scm_poll_interval),
         )
 
     async def prepare(self) -> None:
@@ -130,6 +138,10 @@ class Runtime:
             LoopRunner("reaper", self.reaper.run_once, min(5.0, self.settings.agent_timeout / 3)),
             LoopRunner("metrics", self.metrics_updater.run_once, MetricsUpdater.INTERVAL),
         ]
+        if self.triggers is not None:
+            self.loops.append(
+                LoopRunner("triggers", self.triggers.run_once, self.settings.trigger_interval)
+            )
         for loop in self.loops:
             loop.start()
 

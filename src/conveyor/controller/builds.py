@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -26,6 +27,9 @@ from conveyor.metrics import Metrics
 from conveyor.store import Store
 from conveyor.store.records import BuildRecord
 from conveyor.store.store import NewBuild, NewStep
+
+if TYPE_CHECKING:
+    from conveyor.controller.scm import ScmBuilds
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +69,8 @@ class BuildService:
         self.wakeups = wakeups
         self.clock = clock
         self._background: set[asyncio.Task[None]] = set()
+        # Jobs with a repository are planned by ScmBuilds (set by the runtime).
+        self.scm: ScmBuilds | None = None
 
     async def trigger(
         self,
@@ -75,6 +81,8 @@ class BuildService:
     ) -> BuildRecord:
         job = await self.store.get_job(job_name)
         pipeline = parse_pipeline(job.spec, f"{job.name}.yml")
+        if pipeline.scm is not None and self.scm is not None:
+            return await self.scm.trigger(job, pipeline, parameters, trigger, priority)
         try:
             plan = plan_build(pipeline, parameters)
         except ParameterError as exc:
