@@ -100,7 +100,12 @@ class WebhookService:
         )
         signed_jobs = {j for j, s in job_secrets.items() if verify(provider, headers, body, s)}
         if not signed_global and not signed_jobs:
-            return await done(REJECTED, "signature or token does not match any webhook secret")
+            # Recorded with what it claims to be (unverified), to help whoever debugs it.
+            return await done(
+                REJECTED,
+                "signature or token does not match any webhook secret",
+                _claimed(provider, headers, body),
+            )
         try:
             event = parse_event(provider, headers, json.loads(body or b"null"))
         except (EventError, ValueError) as exc:
@@ -197,3 +202,10 @@ def _no_job(event: ScmEvent) -> str:
     where = event.ref or "?"
     repos = ", ".join(event.repo_urls) or "no repository"
     return f"no job builds {where} of {repos}"
+
+
+def _claimed(provider: str, headers: Mapping[str, str], body: bytes) -> ScmEvent | None:
+    try:
+        return parse_event(provider, headers, json.loads(body or b"null"))
+    except (EventError, ValueError):
+        return None
