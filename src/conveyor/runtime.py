@@ -15,6 +15,7 @@ import structlog
 from conveyor.blobs import BlobStore, FolderBlobStore, open_blob_store
 from conveyor.controller.builds import BuildService
 from conveyor.controller.clock import Clock, utcnow
+from conveyor.controller.config_apply import ConfigApplier, ConfigSync
 from conveyor.controller.dispatcher import Dispatcher
 from conveyor.controller.failures import FailureAnalyzer
 from conveyor.controller.leader import LeaderLease
@@ -63,6 +64,7 @@ class Runtime:
     metrics_updater: MetricsUpdater
     scm: ScmBuilds | None = None
     triggers: TriggerLoop | None = None
+    config_sync: ConfigSync | None = None
     loops: list[LoopRunner] = field(default_factory=list)
     first_admin_token: str | None = None
 
@@ -104,6 +106,15 @@ class Runtime:
             metrics_updater=MetricsUpdater(metrics, store, lease, clock),
             scm=scm,
             triggers=TriggerLoop(store, builds, scm, lease, clock, settings.scm_poll_interval),
+            config_sync=ConfigSync(
+                ConfigApplier(store, clock),
+                lease,
+                settings.home.resolve() / "mirrors",
+                settings.config_repo,
+                settings.config_ref,
+                settings.config_sync_interval,
+                clock,
+            ),
         )
 
     async def prepare(self) -> None:
@@ -141,6 +152,10 @@ class Runtime:
         if self.triggers is not None:
             self.loops.append(
                 LoopRunner("triggers", self.triggers.run_once, self.settings.trigger_interval)
+            )
+        if self.config_sync is not None and self.settings.config_repo:
+            self.loops.append(
+                LoopRunner("config-sync", self.config_sync.run_once, self.settings.trigger_interval)
             )
         for loop in self.loops:
             loop.start()

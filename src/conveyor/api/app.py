@@ -15,6 +15,7 @@ from conveyor.api import (
     routes_artifacts,
     routes_builds,
     routes_cluster,
+    routes_config,
     routes_health,
     routes_jobs,
     routes_metrics,
@@ -74,6 +75,7 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
     # Build routes first: /api/v1/jobs/{name:path}/builds must win over /jobs/{name:path}.
     app.include_router(routes_artifacts.router)
     app.include_router(routes_builds.router)
+    app.include_router(routes_config.router)  # before jobs: /jobs/{name}/rollback
     app.include_router(routes_jobs.router)
     app.include_router(routes_agents.router)
     app.include_router(routes_cluster.router)

@@ -28,7 +28,12 @@ class SecretIn(BaseModel):
 def _service(runtime: Any) -> WebhookService:
     assert runtime.scm is not None
     return WebhookService(
-        runtime.store, runtime.builds, runtime.scm, runtime.clock, runtime.settings.webhook_secret
+        runtime.store,
+        runtime.builds,
+        runtime.scm,
+        runtime.clock,
+        runtime.settings.webhook_secret,
+        runtime.settings.config_repo,
     )
 
 
@@ -68,6 +73,8 @@ async def receive(provider: str, request: Request, runtime: RuntimeDep) -> JSONR
         return problem(413, "Payload Too Large", f"webhook bodies are limited to {MAX_BODY} bytes")
     headers = {k.lower(): v for k, v in request.headers.items()}
     result = await _service(runtime).handle(provider, headers, body)
+    if result.outcome != REJECTED and result.config_repo_changed and runtime.config_sync:
+        await runtime.config_sync.run_once(force=True)
     if result.outcome == REJECTED:
         return problem(401, "Unauthorized", f"webhook rejected: {result.reason}", delivery=result.id)
     return JSONResponse(

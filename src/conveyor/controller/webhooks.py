@@ -45,6 +45,7 @@ class DeliveryResult:
     outcome: str
     reason: str | None
     builds: list[int] = field(default_factory=list)
+    config_repo_changed: bool = False  # a push to the synced config repository
 
 
 class WebhookService:
@@ -55,12 +56,14 @@ class WebhookService:
         scm: ScmBuilds,
         clock: Clock,
         global_secret: str | None,
+        config_repo: str | None = None,
     ) -> None:
         self.store = store
         self.builds = builds
         self.scm = scm
         self.clock = clock
         self.global_secret = global_secret
+        self.config_repo = normalize_repo_url(config_repo) if config_repo else None
 
     async def handle(
         self, provider: str, headers: Mapping[str, str], body: bytes
@@ -119,9 +122,17 @@ class WebhookService:
             return job in signed_jobs if job in job_secrets else signed_global
 
         builds, reasons = await self._start_builds(event, allowed, now)
-        if builds:
-            return await done(ACCEPTED, "; ".join(reasons) or None, event, builds)
-        return await done(IGNORED, "; ".join(reasons) or _no_job(event), event)
+        config = self.config_repo is not None and signed_global and event.kind == "push" and (
+            self.config_repo in {normalize_repo_url(u) for u in event.repo_urls}
+        )
+        if config:
+            reasons.append("config repository changed: syncing")
+        if builds or config:
+            result = await done(ACCEPTED, "; ".join(reasons) or None, event, builds)
+        else:
+            result = await done(IGNORED, "; ".join(reasons) or _no_job(event), event)
+        result.config_repo_changed = config
+        return result
 
     async def _start_builds(
         self, event: ScmEvent, allowed: object, now: datetime

@@ -115,6 +115,15 @@ job_version_commits = Table(
     Column("file", String(1000), nullable=True),
 )
 
+folders = Table(
+    "folders",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("description", Text, nullable=True),
+    Column("managed_repo", String(2000), nullable=True),
+    Column("managed_file", String(1000), nullable=True),
+)
+
 config_applies = Table(
     "config_applies",
     metadata,

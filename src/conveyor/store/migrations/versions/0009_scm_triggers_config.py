@@ -106,6 +106,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("job_id", "version", name=op.f("pk_job_version_commits")),
     )
     op.create_table(
+        "folders",
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("description", sa.Text(), nullable=True),
+        sa.Column("managed_repo", sa.String(length=2000), nullable=True),
+        sa.Column("managed_file", sa.String(length=1000), nullable=True),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_folders")),
+    )
+    op.create_table(
         "config_applies",
         sa.Column("id", Id, autoincrement=True, nullable=False),
         sa.Column("applied_at", When, nullable=False),
@@ -120,6 +128,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in (
         "config_applies",
+        "folders",
         "job_version_commits",
         "job_meta",
         "webhook_secrets",

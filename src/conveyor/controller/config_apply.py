@@ -1,0 +1,439 @@
+"""Applying a configuration (``conveyor.core.config_repo``) to the store: validate
+everything first, then change everything in ONE write transaction, recording the
+commit on every job version it creates. Also: export, rollback, the guard that keeps
+API edits off Git-managed jobs, and the leader loop that keeps a config repository
+synced.
+
+Kinds with state in the store register a :class:`KindStore` in :data:`KIND_STORES`
+(folder and job here; pools, roles/grants, retention and backup schedules are added
+the same way by the features that own them).
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from conveyor import git
+from conveyor.controller.clock import Clock
+from conveyor.controller.leader import LeaderLease
+from conveyor.core.config_repo import KINDS, Change, ConfigError, Desired, load_config, plan_changes
+from conveyor.core.config_repo import render_folder
+from conveyor.core.pipeline import parse_pipeline
+from conveyor.errors import Conflict, Forbidden, InvalidInput, NotFound
+from conveyor.store import Store
+from conveyor.store.schema import job_versions, jobs
+from conveyor.store.scm import (
+    config_applies,
+    folders,
+    get_job_meta,
+    job_meta,
+    record_version_commit,
+    set_job_meta,
+)
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ApplyContext:
+    source: str  # config repository URL or folder
+    commit: str | None
+    author: str
+    now: datetime
+
+
+@dataclass(frozen=True)
+class KindStore:
+    """How one kind's objects are read from and written to the store."""
+
+    # name -> (canonical text, the config source managing it or None)
+    current: Callable[[AsyncConnection], Awaitable[dict[str, tuple[str, str | None]]]]
+    write: Callable[[AsyncConnection, Desired, ApplyContext], Awaitable[None]]
+    release: Callable[[AsyncConnection, str], Awaitable[None]]
+
+
+# ------------------------------------------------------------------- folders
+
+
+async def _folders_current(conn: AsyncConnection) -> dict[str, tuple[str, str | None]]:
+    rows = (await conn.execute(select(folders))).all()
+    return {r.name: (render_folder(r.name, r.description), r.managed_repo) for r in rows}
+
+
+async def _folder_write(conn: AsyncConnection, item: Desired, ctx: ApplyContext) -> None:
+    values = {
+        "description": item.fields.get("description"),
+        "managed_repo": ctx.source,
+        "managed_file": item.file,
+    }
+    result = await conn.execute(update(folders).where(folders.c.name == item.name).values(**values))
+    if result.rowcount == 0:
+        await conn.execute(insert(folders).values(name=item.name, **values))
+
+
+async def _folder_release(conn: AsyncConnection, name: str) -> None:
+    await conn.execute(
+        update(folders).where(folders.c.name == name).values(managed_repo=None, managed_file=None)
+    )
+
+
+# ---------------------------------------------------------------------- jobs
+
+
+async def _jobs_current(conn: AsyncConnection) -> dict[str, tuple[str, str | None]]:
+    rows = (
+        await conn.execute(
+            select(jobs.c.name, jobs.c.spec, job_meta.c.managed_repo, job_meta.c.parent).outerjoin(
+                job_meta, job_meta.c.job_id == jobs.c.id
+            )
+        )
+    ).all()
+    # Multibranch branch jobs are made by their parent, never by the configuration.
+    return {r.name: (r.spec, r.managed_repo) for r in rows if r.parent is None}
+
+
+def _job_values(spec: str) -> dict[str, Any]:
+    pipeline = parse_pipeline(spec)
+    return {
+        "name": pipeline.name,
+        "spec": spec,
+        "description": pipeline.description,
+        "label_expression": pipeline.agent,
+        "concurrency": pipeline.concurrency,
+        "priority": pipeline.priority or 0,
+    }
+
+
+async def upsert_job(
+    conn: AsyncConnection,
+    spec: str,
+    author: str,
+    now: datetime,
+    commit: str | None,
+    source: str | None,
+    file: str | None,
+) -> tuple[int, int, bool]:
+    """Create or update a job inside the caller's transaction; a changed spec makes a
+    new version, which records ``commit``. Returns (job id, version, changed)."""
+    values = _job_values(spec)
+    row = (
+        await conn.execute(
+            select(jobs.c.id, jobs.c.version, jobs.c.spec).where(jobs.c.name == values["name"])
+        )
+    ).one_or_none()
+    if row is None:
+        job_id = int(
+            await conn.scalar(
+                insert(jobs)
+                .values(**values, version=1, next_build_number=0, created_at=now, updated_at=now)
+                .returning(jobs.c.id)
+            )
+        )
+        version, changed = 1, True
+    elif row.spec != spec:
+        job_id, version, changed = int(row.id), int(row.version) + 1, True
+        result = await conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.version == row.version)
+            .values(**values, version=version, updated_at=now)
+        )
+        if result.rowcount != 1:
+            raise Conflict(f"job {values['name']!r} changed meanwhile; apply again")
+    else:
+        return int(row.id), int(row.version), False
+    await conn.execute(
+        insert(job_versions).values(
+            job_id=job_id, version=version, spec=spec, created_at=now, author=author
+        )
+    )
+    await record_version_commit(conn, job_id, version, commit, source, file)
+    return job_id, version, changed
+
+
+async def _job_write(conn: AsyncConnection, item: Desired, ctx: ApplyContext) -> None:
+    job_id, _, _ = await upsert_job(
+        conn, item.text, ctx.author, ctx.now, ctx.commit, ctx.source, item.file
+    )
+    await set_job_meta(
+        conn, job_id, managed_repo=ctx.source, managed_file=item.file, managed_commit=ctx.commit
+    )
+
+
+async def _job_release(conn: AsyncConnection, name: str) -> None:
+    job_id = await conn.scalar(select(jobs.c.id).where(jobs.c.name == name))
+    if job_id is not None:
+        await set_job_meta(conn, job_id, managed_repo=None, managed_file=None, managed_commit=None)
+
+
+KIND_STORES: dict[str, KindStore] = {
+    "folder": KindStore(_folders_current, _folder_write, _folder_release),
+    "job": KindStore(_jobs_current, _job_write, _job_release),
+}
+
+
+# --------------------------------------------------------------------- apply
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    changes: list[Change]
+    applied: bool
+    apply_id: int | None
+    commit: str | None
+
+
+class ConfigApplier:
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    async def _current(
+        self, conn: AsyncConnection, source: str
+    ) -> tuple[dict[tuple[str, str], str], set[tuple[str, str]]]:
+        current: dict[tuple[str, str], str] = {}
+        managed: set[tuple[str, str]] = set()
+        for kind_name, kind_store in KIND_STORES.items():
+            for name, (text, repo) in (await kind_store.current(conn)).items():
+                current[(kind_name, name)] = text
+                if repo == source:
+                    managed.add((kind_name, name))
+        return current, managed
+
+    async def apply(
+        self,
+        files: Mapping[str, str],
+        source: str,
+        commit: str | None,
+        author: str,
+        dry_run: bool = False,
+    ) -> ApplyResult:
+        """Validate every file, then apply all changes in one transaction (or none)."""
+        try:
+            desired = load_config(files)
+        except ConfigError as exc:
+            raise InvalidInput(
+                f"the configuration is invalid ({len(exc.issues)} problem(s)); nothing was "
+                "applied",
+                errors=[str(i) for i in exc.issues],
+            ) from None
+        by_key = {(d.kind, d.name): d for d in desired}
+        if dry_run:
+            async with self.store.read() as conn:
+                current, managed = await self._current(conn, source)
+            return ApplyResult(plan_changes(desired, current, managed), False, None, commit)
+        ctx = ApplyContext(source, commit, author, self.clock())
+        async with self.store.write() as conn:
+            current, managed = await self._current(conn, source)
+            changes = plan_changes(desired, current, managed)
+            for change in changes:
+                kind_store = KIND_STORES[change.kind]
+                if change.action == "release":
+                    await kind_store.release(conn, change.name)
+                else:
+                    # Unchanged objects are (re)claimed too: the file/commit are current.
+                    await kind_store.write(conn, by_key[(change.kind, change.name)], ctx)
+            summary = {
+                action: [f"{c.kind} {c.name}" for c in changes if c.action == action]
+                for action in ("create", "update", "release")
+            }
+            apply_id = await conn.scalar(
+                insert(config_applies)
+                .values(
+                    applied_at=ctx.now, source=source, commit=commit, author=author, summary=summary
+                )
+                .returning(config_applies.c.id)
+            )
+        log.info(
+            "config.applied",
+            source=source,
+            commit=commit,
+            **{k: len(v) for k, v in summary.items()},
+        )
+        return ApplyResult(changes, True, int(apply_id), commit)
+
+    async def export(self) -> dict[str, str]:
+        """Every object as the file an apply reads (export -> apply -> export is stable)."""
+        files: dict[str, str] = {}
+        async with self.store.read() as conn:
+            for kind in KINDS.values():
+                for name, (text, _) in (await KIND_STORES[kind.name].current(conn)).items():
+                    files[kind.path(name)] = text
+        return dict(sorted(files.items()))
+
+    async def last_commit(self, source: str) -> str | None:
+        async with self.store.read() as conn:
+            return await conn.scalar(
+                select(config_applies.c.commit)
+                .where(config_applies.c.source == source)
+                .order_by(config_applies.c.id.desc())
+                .limit(1)
+            )
+
+    async def history(self, limit: int = 50) -> list[dict[str, Any]]:
+        async with self.store.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(config_applies).order_by(config_applies.c.id.desc()).limit(limit)
+                )
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
+
+async def read_repo_files(mirror_root: Path, url: str, ref: str) -> tuple[dict[str, str], str]:
+    """The text files of ``ref`` in a repository (through the mirror cache), and the
+    commit they come from."""
+    mirror = await git.mirror(mirror_root, url)
+    sha = await git.resolve(mirror, ref if ref.startswith("refs/") else f"refs/heads/{ref}")
+    proc_out = await _archive(mirror, sha)
+    files: dict[str, str] = {}
+    with tarfile.open(fileobj=io.BytesIO(proc_out)) as tar:
+        for member in tar.getmembers():
+            if member.isfile() and member.name.endswith((".yml", ".yaml")):
+                data = tar.extractfile(member)
+                if data is not None:
+                    files[member.name] = data.read().decode("utf-8", "replace")
+    return files, sha
+
+
+async def _archive(mirror: Path, sha: str) -> bytes:
+    import asyncio
+
+    proc = await asyncio.create_subprocess_exec(
+        "git",
+        "archive",
+        "--format=tar",
+        sha,
+        cwd=mirror,
+        env=git.git_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), git.GIT_TIMEOUT)
+    if proc.returncode != 0:
+        raise git.GitError(f"git archive failed: {err.decode(errors='replace').strip()}")
+    return out
+
+
+# ----------------------------------------------------------- edits and audit
+
+#: Called for every admin's forced edit of a Git-managed job:
+#: (who, action, job, where it is managed). The security feature's ``record_audit``
+#: replaces this; by default the event is logged.
+AuditHook = Callable[[str, str, str, str], Awaitable[None]]
+
+
+async def _log_audit(who: str, action: str, job: str, managed: str) -> None:
+    log.warning("audit.forced_edit", user=who, action=action, job=job, managed=managed)
+
+
+audit_hook: AuditHook = _log_audit
+
+
+async def guard_managed_edit(
+    store: Store, job_name: str, caller_name: str, caller_scope: str, force: bool, action: str
+) -> None:
+    """Refuse an API edit of a job managed from a config repository (409 naming where),
+    unless ``force`` by an admin, which is audited."""
+    meta = await get_job_meta(store, job_name)
+    if meta is None or meta.managed_repo is None:
+        return
+    where = f"{meta.managed_repo} ({meta.managed_file})"
+    if not force:
+        raise Conflict(
+            f"job {job_name!r} is managed in the config repository {where}; change it there "
+            "(or, as an admin, force this edit with ?force=true)"
+        )
+    if caller_scope != "admin":
+        raise Forbidden(f"only an admin may force an edit of {job_name!r}, managed in {where}")
+    await audit_hook(caller_name, action, job_name, where)
+
+
+# ------------------------------------------------------------------ rollback
+
+
+async def rollback_job(
+    store: Store, name: str, to_version: int, author: str, now: datetime
+) -> tuple[int, bool]:
+    """Make the spec of version ``to_version`` current again, as a new version (the
+    history is kept). Returns (current version, whether a new version was made)."""
+    async with store.write() as conn:
+        job_id = await conn.scalar(select(jobs.c.id).where(jobs.c.name == name))
+        if job_id is None:
+            raise NotFound(f"job {name!r} not found")
+        spec = await conn.scalar(
+            select(job_versions.c.spec).where(
+                job_versions.c.job_id == job_id, job_versions.c.version == to_version
+            )
+        )
+        if spec is None:
+            raise NotFound(f"job {name!r} has no version {to_version}")
+        _, version, changed = await upsert_job(
+            conn, spec, f"{author} (rollback to v{to_version})", now, None,
+            f"rollback to version {to_version}", None,
+        )
+    return version, changed
+
+
+# -------------------------------------------------------------- leader sync
+
+
+class ConfigSync:
+    """Keeps the instance in sync with a config repository (leader only): on a
+    schedule, and at once when a webhook says the repository changed."""
+
+    def __init__(
+        self,
+        applier: ConfigApplier,
+        lease: LeaderLease,
+        mirror_root: Path,
+        repo: str | None,
+        ref: str,
+        interval: float | None,
+        clock: Clock,
+    ) -> None:
+        self.applier = applier
+        self.lease = lease
+        self.mirror_root = mirror_root
+        self.repo = repo
+        self.ref = ref
+        self.interval = interval
+        self.clock = clock
+        self._last: datetime | None = None
+        self.last_error: str | None = None
+
+    async def run_once(self, force: bool = False) -> ApplyResult | None:
+        """The scheduled sync (leader only); ``force``: now, on any controller (a
+        webhook said the repository changed; the apply is atomic and skips a commit
+        already applied)."""
+        if self.repo is None or not (self.lease.is_leader or force):
+            return None
+        now = self.clock()
+        due = self.interval is not None and (
+            self._last is None or (now - self._last).total_seconds() >= self.interval
+        )
+        if not (due or force):
+            return None
+        self._last = now
+        try:
+            files, sha = await read_repo_files(self.mirror_root, self.repo, self.ref)
+            if sha == await self.applier.last_commit(self.repo):
+                return None
+            result = await self.applier.apply(files, self.repo, sha, "config-sync")
+        except (git.GitError, InvalidInput, Conflict) as exc:
+            self.last_error = str(exc) + "".join(
+                f"\n  {e}" for e in getattr(exc, "errors", [])
+            )
+            log.warning("config.sync_failed", repo=self.repo, error=self.last_error)
+            return None
+        self.last_error = None
+        return result
