@@ -48,3 +48,7 @@ def scm_cluster(
     finally:
         agent.stop()
         controller.stop()
+
+
+# In-process API fixtures (a prepared Runtime on SQLite and on PostgreSQL).
+from tests.api.conftest import app, client, runtime  # noqa: E402, F401

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from conveyor import __version__
-from conveyor.cli import agent, blobs, builds, cluster, jobs, lb
+from conveyor.cli import agent, blobs, builds, cluster, config_repo, jobs, lb
 from conveyor.core.dispatch import Strategy
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.add_typer(builds.app, name="build")
 app.add_typer(agent.app, name="agent")
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(blobs.app, name="blobs")
+app.add_typer(config_repo.app, name="config")
 app.command("lb-config")(lb.lb_config)
 
 HomeOpt = Annotated[
