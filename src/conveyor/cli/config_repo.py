@@ -20,7 +20,7 @@ from conveyor.cli.client import ApiClient, fail
 from conveyor.cli.options import TokenOpt, UrlOpt
 
 app = typer.Typer(help="Configuration as code: apply, diff, export.", no_args_is_help=True)
-out = Console()
+out = Console(soft_wrap=True)
 
 RepoOpt = Annotated[
     str | None, typer.Option("--repo", help="config repository URL (the controller fetches it)")
