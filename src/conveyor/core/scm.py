@@ -120,6 +120,15 @@ class UpstreamTrigger(_Model):
     on: Literal["success", "failure", "always"] = "success"
     parameters: dict[str, Annotated[str, BeforeValidator(_str)]] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `on:` key as the boolean true.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = dict(data)
+            data["on"] = data.pop(True)
+        return data
+
 
 def _poll(value: Any) -> Any:
     if value is True:
