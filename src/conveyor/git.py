@@ -128,7 +128,9 @@ async def ls_remote(url: str, credential: str | None = None) -> dict[str, str]:
 
 
 def branches_of(refs: dict[str, str]) -> dict[str, str]:
-    return {r.removeprefix("refs/heads/"): s for r, s in refs.items() if r.startswith("refs/heads/")}
+    return {
+        r.removeprefix("refs/heads/"): s for r, s in refs.items() if r.startswith("refs/heads/")
+    }
 
 
 async def mirror(root: Path, url: str, credential: str | None = None) -> Path:
@@ -137,17 +139,17 @@ async def mirror(root: Path, url: str, credential: str | None = None) -> Path:
     path = root / mirror_key(url)
     lock = _locks.setdefault(str(path), asyncio.Lock())
     async with lock:
-        if (path / "HEAD").exists():
+        if await asyncio.to_thread((path / "HEAD").exists):
             await run_git("remote", "set-url", "origin", url, cwd=path)
             await run_git("fetch", "--prune", "--force", "origin", cwd=path, credential=credential)
         else:
-            root.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
             partial = root / f".{path.name}.partial"
-            shutil.rmtree(partial, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, partial, ignore_errors=True)
             await run_git("clone", "--mirror", "--quiet", url, str(partial), credential=credential)
             # Checkouts fetch one exact commit from here, which may be no branch tip.
             await run_git("config", "uploadpack.allowAnySHA1InWant", "true", cwd=partial)
-            partial.rename(path)
+            await asyncio.to_thread(partial.rename, path)
     return path
 
 
@@ -176,10 +178,10 @@ async def read_file(mirror_path: Path, sha: str, path: str) -> str:
 async def shallow_checkout(mirror_path: Path, url: str, sha: str, workspace: Path) -> None:
     """Check out exactly ``sha`` into ``workspace`` with history depth 1, fetched from
     the local mirror (fast, no network); ``origin`` then points at the real URL."""
-    workspace.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
     await run_git("init", "--quiet", str(workspace))
-    await run_git(
-        "fetch", "--quiet", "--depth", "1", mirror_path.resolve().as_uri(), sha, cwd=workspace
-    )
+    # file:// so that --depth applies (a plain path would copy the whole history).
+    source = (await asyncio.to_thread(mirror_path.resolve)).as_uri()
+    await run_git("fetch", "--quiet", "--depth", "1", source, sha, cwd=workspace)
     await run_git("checkout", "--quiet", "--force", "--detach", "FETCH_HEAD", cwd=workspace)
     await run_git("remote", "add", "origin", url, cwd=workspace)

@@ -63,14 +63,17 @@ class Settings(BaseSettings):
     )
 
     scm_poll_interval: float = Field(
-        default=60.0, gt=0, description="default seconds between `git ls-remote` polls (docs/triggers.md)"
+        default=60.0,
+        gt=0,
+        description="default seconds between `git ls-remote` polls (docs/triggers.md)",
     )
     trigger_interval: float = Field(
         default=5.0, gt=0, description="seconds between the leader's trigger checks (cron, polling)"
     )
     webhook_secret: str | None = Field(
         default=None,
-        description="global webhook secret (HMAC key / token) for /api/v1/webhooks (docs/triggers.md)",
+        description="global webhook secret (HMAC key / token) for /api/v1/webhooks"
+        " (docs/triggers.md)",
     )
     config_repo: str | None = Field(
         default=None, description="config repository URL kept in sync (docs/config-as-code.md)"

@@ -120,9 +120,7 @@ async def test_managed_jobs_refuse_api_edits_and_rollback_restores_the_exact_spe
     )
     assert forced.status_code == 200 and forced.json()["version"] == 3
 
-    back = await client.post(
-        "/api/v1/jobs/svc/rollback", params={"force": "true"}, json={"to": 1}
-    )
+    back = await client.post("/api/v1/jobs/svc/rollback", params={"force": "true"}, json={"to": 1})
     assert back.status_code == 200, back.text
     assert back.json() == {"job": "svc", "version": 4, "changed": True, "restored": 1}
     versions = (await client.get("/api/v1/jobs/svc/versions")).json()
@@ -141,10 +139,14 @@ async def test_managed_jobs_refuse_api_edits_and_rollback_restores_the_exact_spe
 
 async def test_rollback_of_an_unmanaged_job(client: httpx.AsyncClient) -> None:
     for text in ("one", "two", "three"):
-        assert (await client.put("/api/v1/jobs/app", json={"spec": job_yaml("app", text)})).is_success
+        assert (
+            await client.put("/api/v1/jobs/app", json={"spec": job_yaml("app", text)})
+        ).is_success
     back = await client.post("/api/v1/jobs/app/rollback", json={"to": 2})
     assert back.json()["version"] == 4
-    assert (await client.get("/api/v1/jobs/app/versions/4")).json()["spec"] == job_yaml("app", "two")
+    assert (await client.get("/api/v1/jobs/app/versions/4")).json()["spec"] == job_yaml(
+        "app", "two"
+    )
     same = await client.post("/api/v1/jobs/app/rollback", json={"to": 2})
     assert same.json() == {"job": "app", "version": 4, "changed": False, "restored": 2}
     bad = await client.post("/api/v1/jobs/app/rollback", json={"to": 0})

@@ -93,9 +93,7 @@ def test_apply_from_repo_url_rollback_and_sync_on_webhook(
         )
         assert answer.status_code == 200 and answer.json()["outcome"] == "accepted"
         assert "config repository changed" in answer.json()["reason"]
-        job = wait_until(
-            lambda: (j := c.get("/api/v1/jobs/svc").json())["version"] == 2 and j, 30
-        )
+        job = wait_until(lambda: (j := c.get("/api/v1/jobs/svc").json())["version"] == 2 and j, 30)
         assert "echo: two" in job["spec"]
         assert c.get("/api/v1/jobs/svc/commits").json()["2"]["commit"] == second
         refused = c.put("/api/v1/jobs/svc", json={"spec": job_yaml("svc", "by hand")})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -33,7 +34,7 @@ def test_h_with_range_and_step() -> None:
     stepped = parse_cron("H/15 * * * *", "svc")
     values = sorted(stepped.minutes)
     assert len(values) == 4 and values[0] < 15
-    assert [b - a for a, b in zip(values, values[1:], strict=False)] == [15, 15, 15]
+    assert [b - a for a, b in itertools.pairwise(values)] == [15, 15, 15]
     assert parse_cron("H/15 * * * *", "svc") == stepped
 
 

@@ -58,8 +58,7 @@ async def test_polling_and_upstream_fire_exactly_once(
     lib = f"name: lib\nscm: {{git: '{repo.file_url}'}}\ntriggers: {{poll: 10s}}\n{STAGES}"
     deploy = (
         "name: deploy\nparameters: [{name: TARGET, default: dev}]\n"
-        "triggers: {upstream: [{job: lib, on: success, parameters: {TARGET: staging}}]}\n"
-        + STAGES
+        "triggers: {upstream: [{job: lib, on: success, parameters: {TARGET: staging}}]}\n" + STAGES
     )
     for name, spec in (("lib", lib), ("deploy", deploy)):
         assert (await client.put(f"/api/v1/jobs/{name}", json={"spec": spec})).is_success

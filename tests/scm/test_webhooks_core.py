@@ -36,7 +36,12 @@ def test_github_and_gitea_events() -> None:
         {"x-github-event": "push"},
         {"ref": "refs/heads/feature/x", "after": "a" * 40, "before": "b" * 40, "repository": repo},
     )
-    assert (push.kind, push.branch, push.sha, push.deleted) == ("push", "feature/x", "a" * 40, False)
+    assert (push.kind, push.branch, push.sha, push.deleted) == (
+        "push",
+        "feature/x",
+        "a" * 40,
+        False,
+    )
     deleted = parse_event(
         "gitea",
         {"x-gitea-event": "push"},
@@ -55,14 +60,22 @@ def test_github_and_gitea_events() -> None:
             "number": 7,
             "pull_request": {
                 "number": 7,
-                "head": {"ref": "fix", "sha": "d" * 40, "repo": {"clone_url": "https://github.com/f/r.git"}},
+                "head": {
+                    "ref": "fix",
+                    "sha": "d" * 40,
+                    "repo": {"clone_url": "https://github.com/f/r.git"},
+                },
                 "base": {"ref": "main", "repo": repo},
             },
             "repository": repo,
         },
     )
     assert (pr.kind, pr.branch, pr.sha, pr.pull_request, pr.target_branch) == (
-        "pull_request", "fix", "d" * 40, 7, "main",
+        "pull_request",
+        "fix",
+        "d" * 40,
+        7,
+        "main",
     )
     closed = parse_event("github", {"x-github-event": "pull_request"}, {"action": "closed"})
     assert closed.kind == "other"
@@ -74,23 +87,37 @@ def test_gitlab_events() -> None:
     push = parse_event(
         "gitlab",
         {"x-gitlab-event": "Push Hook"},
-        {"object_kind": "push", "ref": "refs/heads/main", "checkout_sha": "e" * 40,
-         "before": "f" * 40, "project": project},
+        {
+            "object_kind": "push",
+            "ref": "refs/heads/main",
+            "checkout_sha": "e" * 40,
+            "before": "f" * 40,
+            "project": project,
+        },
     )
     assert (push.kind, push.branch, push.sha) == ("push", "main", "e" * 40)
     mr = parse_event(
         "gitlab",
         {"x-gitlab-event": "Merge Request Hook"},
-        {"object_kind": "merge_request", "project": project,
-         "object_attributes": {"action": "open", "iid": 3, "source_branch": "fix",
-                               "target_branch": "main", "last_commit": {"id": "1" * 40}}},
+        {
+            "object_kind": "merge_request",
+            "project": project,
+            "object_attributes": {
+                "action": "open",
+                "iid": 3,
+                "source_branch": "fix",
+                "target_branch": "main",
+                "last_commit": {"id": "1" * 40},
+            },
+        },
     )
     assert (mr.kind, mr.branch, mr.pull_request, mr.sha) == ("pull_request", "fix", 3, "1" * 40)
 
 
 def test_generic_events_and_errors() -> None:
-    event = parse_event("generic", {}, {"repository": "file:///srv/r.git", "branch": "main",
-                                        "commit": "2" * 40})
+    event = parse_event(
+        "generic", {}, {"repository": "file:///srv/r.git", "branch": "main", "commit": "2" * 40}
+    )
     assert (event.kind, event.branch, event.sha) == ("push", "main", "2" * 40)
     with pytest.raises(EventError, match="repository"):
         parse_event("generic", {}, {"branch": "main"})

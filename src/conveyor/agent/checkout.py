@@ -35,7 +35,5 @@ async def checkout(
         await log_line(f"{RED}==> checkout failed: got {head}, expected {plan.commit}{RESET}")
         return False
     subject = f": {plan.subject}" if plan.subject else ""
-    await log_line(
-        f"==> at {head[:12]}{subject} ({time.monotonic() - started:.1f}s)"
-    )
+    await log_line(f"==> at {head[:12]}{subject} ({time.monotonic() - started:.1f}s)")
     return True

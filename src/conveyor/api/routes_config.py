@@ -52,6 +52,7 @@ def _applier(runtime: Any) -> ConfigApplier:
 async def apply_config(body: ApplyIn, runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
     """Validate everything, then apply all of it in one transaction (``dry_run``: only
     say what would change). 400 with every ``file:line: message`` if anything is invalid."""
+    commit: str | None
     if body.repo is not None:
         try:
             files, commit = await read_repo_files(
@@ -106,5 +107,7 @@ async def rollback(
     from conveyor.controller.config_apply import guard_managed_edit
 
     await guard_managed_edit(runtime.store, name, caller.name, caller.scope, force, "rollback")
-    version, changed = await rollback_job(runtime.store, name, body.to, caller.name, runtime.clock())
+    version, changed = await rollback_job(
+        runtime.store, name, body.to, caller.name, runtime.clock()
+    )
     return {"job": name, "version": version, "changed": changed, "restored": body.to}

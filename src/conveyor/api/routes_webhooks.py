@@ -76,7 +76,9 @@ async def receive(provider: str, request: Request, runtime: RuntimeDep) -> JSONR
     if result.outcome != REJECTED and result.config_repo_changed and runtime.config_sync:
         await runtime.config_sync.run_once(force=True)
     if result.outcome == REJECTED:
-        return problem(401, "Unauthorized", f"webhook rejected: {result.reason}", delivery=result.id)
+        return problem(
+            401, "Unauthorized", f"webhook rejected: {result.reason}", delivery=result.id
+        )
     return JSONResponse(
         {
             "delivery": result.id,

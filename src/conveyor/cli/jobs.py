@@ -120,4 +120,6 @@ def rollback(
     if result["changed"]:
         out.print(f"job [bold]{name}[/] is at version {result['version']} (the spec of v{to})")
     else:
-        out.print(f"job [bold]{name}[/] already has the spec of v{to} (version {result['version']})")
+        out.print(
+            f"job [bold]{name}[/] already has the spec of v{to} (version {result['version']})"
+        )

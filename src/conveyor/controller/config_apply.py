@@ -26,8 +26,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from conveyor import git
 from conveyor.controller.clock import Clock
 from conveyor.controller.leader import LeaderLease
-from conveyor.core.config_repo import KINDS, Change, ConfigError, Desired, load_config, plan_changes
-from conveyor.core.config_repo import render_folder
+from conveyor.core.config_repo import (
+    KINDS,
+    Change,
+    ConfigError,
+    Desired,
+    load_config,
+    plan_changes,
+    render_folder,
+)
 from conveyor.core.pipeline import parse_pipeline
 from conveyor.errors import Conflict, Forbidden, InvalidInput, NotFound
 from conveyor.store import Store
@@ -222,8 +229,7 @@ class ConfigApplier:
             desired = load_config(files)
         except ConfigError as exc:
             raise InvalidInput(
-                f"the configuration is invalid ({len(exc.issues)} problem(s)); nothing was "
-                "applied",
+                f"the configuration is invalid ({len(exc.issues)} problem(s)); nothing was applied",
                 errors=[str(i) for i in exc.issues],
             ) from None
         by_key = {(d.kind, d.name): d for d in desired}
@@ -378,8 +384,13 @@ async def rollback_job(
         if spec is None:
             raise NotFound(f"job {name!r} has no version {to_version}")
         _, version, changed = await upsert_job(
-            conn, spec, f"{author} (rollback to v{to_version})", now, None,
-            f"rollback to version {to_version}", None,
+            conn,
+            spec,
+            f"{author} (rollback to v{to_version})",
+            now,
+            None,
+            f"rollback to version {to_version}",
+            None,
         )
     return version, changed
 
@@ -430,9 +441,7 @@ class ConfigSync:
                 return None
             result = await self.applier.apply(files, self.repo, sha, "config-sync")
         except (git.GitError, InvalidInput, Conflict) as exc:
-            self.last_error = str(exc) + "".join(
-                f"\n  {e}" for e in getattr(exc, "errors", [])
-            )
+            self.last_error = str(exc) + "".join(f"\n  {e}" for e in getattr(exc, "errors", []))
             log.warning("config.sync_failed", repo=self.repo, error=self.last_error)
             return None
         self.last_error = None

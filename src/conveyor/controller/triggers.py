@@ -219,7 +219,9 @@ class TriggerLoop:
         self._polled_at[name] = now
         branches = git.branches_of(await git.ls_remote(spec.git, spec.credential))
         if spec.multibranch:
-            return await self._multibranch(job, jobs, branches, now, build_changes=bool(triggers and triggers.poll))
+            return await self._multibranch(
+                job, jobs, branches, now, build_changes=bool(triggers and triggers.poll)
+            )
         branch = job.meta.branch if job.meta and job.meta.branch else spec.default_branch
         sha = branches.get(branch)
         if sha is None:
@@ -243,7 +245,12 @@ class TriggerLoop:
             scm_claim_key(name, branch, sha),
             now,
             lambda: self.scm.trigger(
-                job.record, job.pipeline, {}, f"scm change {branch}@{sha[:12]}", branch=branch, sha=sha
+                job.record,
+                job.pipeline,
+                {},
+                f"scm change {branch}@{sha[:12]}",
+                branch=branch,
+                sha=sha,
             ),
         )
         await set_head(self.store, name, branch, sha, now)
@@ -265,7 +272,9 @@ class TriggerLoop:
         matching = {b: s for b, s in branches.items() if branch_matches(spec.branches, b)}
         started = 0
         children = {
-            j.meta.branch: j for j in jobs.values() if j.meta is not None and j.meta.parent == parent
+            j.meta.branch: j
+            for j in jobs.values()
+            if j.meta is not None and j.meta.parent == parent
         }
         for branch, sha in sorted(matching.items()):
             child = children.get(branch)
@@ -280,10 +289,10 @@ class TriggerLoop:
                 await self._set_archived(child.record.name, False)
             if build_changes:
                 started += await self._build_if_new(child, branch, sha, now, baseline=False)
-        for branch, child in children.items():
-            if branch not in matching and child.meta is not None and not child.meta.archived:
+        for gone, child in children.items():
+            if gone not in matching and child.meta is not None and not child.meta.archived:
                 await self._set_archived(child.record.name, True)
-                log.info("multibranch.archived", job=child.record.name, branch=branch)
+                log.info("multibranch.archived", job=child.record.name, branch=gone)
         return started
 
     async def _set_archived(self, name: str, archived: bool) -> None:

@@ -81,18 +81,32 @@ class WebhookService:
             or headers.get("x-gitlab-event")
         )
 
-        async def done(outcome: str, reason: str | None, event: ScmEvent | None = None,
-                       builds: list[int] | None = None) -> DeliveryResult:
+        async def done(
+            outcome: str,
+            reason: str | None,
+            event: ScmEvent | None = None,
+            builds: list[int] | None = None,
+        ) -> DeliveryResult:
             delivery = await record_delivery(
-                self.store, now, provider, outcome, reason, builds or [],
+                self.store,
+                now,
+                provider,
+                outcome,
+                reason,
+                builds or [],
                 event=event.name if event else event_name,
                 delivery_id=delivery_id,
                 repository=event.repo_urls[0] if event and event.repo_urls else None,
                 ref=event.ref if event else None,
                 sha=event.sha if event else None,
             )
-            log.info("webhook.delivery", provider=provider, outcome=outcome, reason=reason,
-                     builds=builds or [])
+            log.info(
+                "webhook.delivery",
+                provider=provider,
+                outcome=outcome,
+                reason=reason,
+                builds=builds or [],
+            )
             return DeliveryResult(delivery, outcome, reason, builds or [])
 
         job_secrets = await webhook_secrets_of(self.store)
@@ -122,8 +136,11 @@ class WebhookService:
             return job in signed_jobs if job in job_secrets else signed_global
 
         builds, reasons = await self._start_builds(event, allowed, now)
-        config = self.config_repo is not None and signed_global and event.kind == "push" and (
-            self.config_repo in {normalize_repo_url(u) for u in event.repo_urls}
+        config = (
+            self.config_repo is not None
+            and signed_global
+            and event.kind == "push"
+            and (self.config_repo in {normalize_repo_url(u) for u in event.repo_urls})
         )
         if config:
             reasons.append("config repository changed: syncing")

@@ -116,7 +116,9 @@ def _parse_job(file: str, text: str) -> Desired:
     try:
         pipeline = parse_pipeline(text, file)
     except SpecError as exc:
-        raise ConfigError([ConfigIssue(e.file, e.line, _issue_text(e)) for e in exc.errors]) from None
+        raise ConfigError(
+            [ConfigIssue(e.file, e.line, _issue_text(e)) for e in exc.errors]
+        ) from None
     _check_name(file, "jobs", pipeline.name, 1 + _key_line(text, "name"))
     return Desired("job", pipeline.name, file, text)
 
@@ -160,7 +162,9 @@ def _parse_folder(file: str, text: str) -> Desired:
             [ConfigIssue(file, 1 + _key_line(text, "description"), "description is text")]
         )
     _check_name(file, "folders", name, 1 + _key_line(text, "name"))
-    return Desired("folder", name, file, render_folder(name, description), {"description": description})
+    return Desired(
+        "folder", name, file, render_folder(name, description), {"description": description}
+    )
 
 
 def render_folder(name: str, description: str | None) -> str:
@@ -188,9 +192,7 @@ def load_config(files: Mapping[str, str]) -> list[Desired]:
         kind = KINDS.get(folder)
         if kind is None or "/" not in file:
             known = ", ".join(f"{k}/" for k in sorted(KINDS))
-            issues.append(
-                ConfigIssue(file, 1, f"not in a known kind folder (known: {known})")
-            )
+            issues.append(ConfigIssue(file, 1, f"not in a known kind folder (known: {known})"))
             continue
         try:
             item = kind.parse(file, files[file])

@@ -43,7 +43,9 @@ _ALIASES = {
 }
 # For hashing, day of month stops at 28 so that every month has it (as Jenkins does).
 _HASH_HIGH = {2: 28, 4: 6}
-_TERM = re.compile(r"(?P<base>\*|H(?:\((?P<hlo>\d+)-(?P<hhi>\d+)\))?|\d+(?:-\d+)?)(?:/(?P<step>\d+))?")
+_TERM = re.compile(
+    r"(?P<base>\*|H(?:\((?P<hlo>\d+)-(?P<hhi>\d+)\))?|\d+(?:-\d+)?)(?:/(?P<step>\d+))?"
+)
 #: How far ahead :meth:`CronSchedule.next_after` looks before giving up (Feb 30 never comes).
 _HORIZON = timedelta(days=366 * 5)
 
@@ -124,7 +126,9 @@ def _parse_field(text: str, index: int, seed: str) -> tuple[frozenset[int], bool
     for term in text.split(","):
         match = _TERM.fullmatch(term)
         if match is None:
-            raise CronError(f"{name}: cannot read {term!r} (use *, N, A-B, A,B, */N, H, H(A-B), H/N)")
+            raise CronError(
+                f"{name}: cannot read {term!r} (use *, N, A-B, A,B, */N, H, H(A-B), H/N)"
+            )
         base, step_text = match["base"], match["step"]
         step = int(step_text) if step_text else 1
         if step < 1:

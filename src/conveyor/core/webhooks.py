@@ -102,16 +102,23 @@ def _ref_event(name: str, ref: Any, sha: Any, before: Any, urls: tuple[str, ...]
     deleted = sha in (None, _ZERO) and before not in (None, _ZERO)
     sha_value = sha if isinstance(sha, str) and sha != _ZERO else None
     if ref.startswith("refs/tags/"):
-        return ScmEvent("tag", name, urls, tag=ref.removeprefix("refs/tags/"), sha=sha_value,
-                        deleted=deleted)
-    return ScmEvent("push", name, urls, branch=ref.removeprefix("refs/heads/"), sha=sha_value,
-                    deleted=deleted)
+        return ScmEvent(
+            "tag", name, urls, tag=ref.removeprefix("refs/tags/"), sha=sha_value, deleted=deleted
+        )
+    return ScmEvent(
+        "push", name, urls, branch=ref.removeprefix("refs/heads/"), sha=sha_value, deleted=deleted
+    )
 
 
 def _github_like(event: str, data: dict[str, Any]) -> ScmEvent:
     repo = data.get("repository") or {}
-    urls = _urls(repo.get("clone_url"), repo.get("ssh_url"), repo.get("html_url"),
-                 repo.get("git_url"), repo.get("url") if isinstance(repo, dict) else None)
+    urls = _urls(
+        repo.get("clone_url"),
+        repo.get("ssh_url"),
+        repo.get("html_url"),
+        repo.get("git_url"),
+        repo.get("url") if isinstance(repo, dict) else None,
+    )
     if event == "ping":
         return ScmEvent("ping", event, urls)
     if event == "push":
@@ -140,8 +147,13 @@ def _github_like(event: str, data: dict[str, Any]) -> ScmEvent:
 def _gitlab(event: str, data: dict[str, Any]) -> ScmEvent:
     project = data.get("project") or {}
     repo = data.get("repository") or {}
-    urls = _urls(project.get("git_http_url"), project.get("git_ssh_url"),
-                 project.get("web_url"), repo.get("git_http_url"), repo.get("homepage"))
+    urls = _urls(
+        project.get("git_http_url"),
+        project.get("git_ssh_url"),
+        project.get("web_url"),
+        repo.get("git_http_url"),
+        repo.get("homepage"),
+    )
     kind = data.get("object_kind") or event
     if kind in ("push", "tag_push", "Push Hook", "Tag Push Hook"):
         sha = data.get("checkout_sha") or data.get("after")

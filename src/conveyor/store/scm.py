@@ -224,7 +224,9 @@ async def claim(store: Store, key: str, now: datetime) -> bool:
 async def set_claim_build(store: Store, key: str, build_id: int) -> None:
     async with store.write() as conn:
         await conn.execute(
-            update(trigger_claims).where(trigger_claims.c.key == key[:600]).values(build_id=build_id)
+            update(trigger_claims)
+            .where(trigger_claims.c.key == key[:600])
+            .values(build_id=build_id)
         )
 
 
@@ -323,7 +325,9 @@ async def _job_id(conn: AsyncConnection, name: str) -> int:
 
 async def set_job_meta(conn: AsyncConnection, job_id: int, **values: Any) -> None:
     """Upsert a job's meta row inside the caller's transaction."""
-    result = await conn.execute(update(job_meta).where(job_meta.c.job_id == job_id).values(**values))
+    result = await conn.execute(
+        update(job_meta).where(job_meta.c.job_id == job_id).values(**values)
+    )
     if result.rowcount == 0:
         await conn.execute(insert(job_meta).values(job_id=job_id, **values))
 
@@ -368,7 +372,11 @@ def _meta(m: Any) -> JobMeta:
 
 
 async def record_version_commit(
-    conn: AsyncConnection, job_id: int, version: int, commit: str | None, source: str | None,
+    conn: AsyncConnection,
+    job_id: int,
+    version: int,
+    commit: str | None,
+    source: str | None,
     file: str | None,
 ) -> None:
     await conn.execute(
