@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import structlog
@@ -32,7 +33,7 @@ from conveyor.core.cron import CronError, parse_cron
 from conveyor.core.pipeline import Pipeline, SpecError, parse_pipeline
 from conveyor.core.scm import branch_matches, sub_job_name
 from conveyor.core.states import BuildState
-from conveyor.errors import Conflict, ConveyorError
+from conveyor.errors import Conflict, ConveyorError, InvalidInput
 from conveyor.store import Store
 from conveyor.store.records import BuildRecord, JobRecord
 from conveyor.store.scm import (
@@ -76,11 +77,25 @@ async def fire(
         return None
     try:
         build: BuildRecord = await start()
+    except InvalidInput:
+        # The firing itself is wrong (an invalid pipeline at that commit, parameters the
+        # job does not declare): trying it again would fail again. Keep the claim.
+        raise
     except Exception:
-        await release_claim(store, key)
+        await release_claim(store, key)  # e.g. repository unreachable: the next pass retries
         raise
     await set_claim_build(store, key, build.id)
     return build
+
+
+@lru_cache(maxsize=8192)
+def parsed_pipeline(name: str, spec: str) -> Pipeline | None:
+    """A job's parsed spec, cached by its text: the trigger loop and webhooks look at
+    every job often, and specs change rarely. ``None`` for an invalid stored spec."""
+    try:
+        return parse_pipeline(spec, f"{name}.yml")
+    except SpecError:
+        return None
 
 
 def scm_claim_key(job: str, branch: str, sha: str) -> str:
@@ -129,11 +144,9 @@ class TriggerLoop:
         metas = await all_job_meta(self.store)
         out: dict[str, _Job] = {}
         for record in await self.store.list_jobs(limit=100_000):
-            try:
-                pipeline = parse_pipeline(record.spec, f"{record.name}.yml")
-            except SpecError:
-                continue
-            out[record.name] = _Job(record, pipeline, metas.get(record.name))
+            pipeline = parsed_pipeline(record.name, record.spec)
+            if pipeline is not None:
+                out[record.name] = _Job(record, pipeline, metas.get(record.name))
         return out
 
     async def _job_pass(

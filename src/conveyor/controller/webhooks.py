@@ -20,8 +20,12 @@ import structlog
 from conveyor.controller.builds import BuildService
 from conveyor.controller.clock import Clock
 from conveyor.controller.scm import ScmBuilds
-from conveyor.controller.triggers import ensure_branch_job, fire, scm_claim_key
-from conveyor.core.pipeline import SpecError, parse_pipeline
+from conveyor.controller.triggers import (
+    ensure_branch_job,
+    fire,
+    parsed_pipeline,
+    scm_claim_key,
+)
 from conveyor.core.scm import branch_matches, normalize_repo_url, sub_job_name
 from conveyor.core.webhooks import EventError, ScmEvent, parse_event, verify
 from conveyor.errors import ConveyorError
@@ -159,9 +163,8 @@ class WebhookService:
         started: list[int] = []
         reasons: list[str] = []
         for record in await self.store.list_jobs(limit=100_000):
-            try:
-                pipeline = parse_pipeline(record.spec, f"{record.name}.yml")
-            except SpecError:
+            pipeline = parsed_pipeline(record.name, record.spec)
+            if pipeline is None:
                 continue
             spec = pipeline.scm
             meta = metas.get(record.name)
