@@ -110,7 +110,10 @@ async def _jobs_current(conn: AsyncConnection) -> dict[str, tuple[str, str | Non
 
 
 def _job_values(spec: str) -> dict[str, Any]:
-    pipeline = parse_pipeline(spec)
+    from conveyor.controller.triggers import parsed_pipeline
+
+    # Validated already (load_config or a stored version): the cache avoids a re-parse.
+    pipeline = parsed_pipeline("config", spec) or parse_pipeline(spec)
     return {
         "name": pipeline.name,
         "spec": spec,
@@ -182,6 +185,18 @@ async def _job_release(conn: AsyncConnection, name: str) -> None:
         await set_job_meta(conn, job_id, managed_repo=None, managed_file=None, managed_commit=None)
 
 
+async def _managed_files(conn: AsyncConnection, source: str) -> dict[str, str | None]:
+    """Jobs this source manages already -> the file each comes from."""
+    rows = (
+        await conn.execute(
+            select(jobs.c.name, job_meta.c.managed_file)
+            .join(job_meta, job_meta.c.job_id == jobs.c.id)
+            .where(job_meta.c.managed_repo == source)
+        )
+    ).all()
+    return {r.name: r.managed_file for r in rows}
+
+
 KIND_STORES: dict[str, KindStore] = {
     "folder": KindStore(_folders_current, _folder_write, _folder_release),
     "job": KindStore(_jobs_current, _job_write, _job_release),
@@ -241,13 +256,29 @@ class ConfigApplier:
         async with self.store.write() as conn:
             current, managed = await self._current(conn, source)
             changes = plan_changes(desired, current, managed)
+            settled = await _managed_files(conn, source)
+            unchanged_jobs: list[str] = []
             for change in changes:
                 kind_store = KIND_STORES[change.kind]
+                item = by_key.get((change.kind, change.name))
                 if change.action == "release":
                     await kind_store.release(conn, change.name)
+                elif (
+                    change.kind == "job"
+                    and change.action == "unchanged"
+                    and item is not None
+                    and settled.get(change.name) == item.file
+                ):
+                    unchanged_jobs.append(change.name)  # only its commit moves: in bulk below
                 else:
                     # Unchanged objects are (re)claimed too: the file/commit are current.
-                    await kind_store.write(conn, by_key[(change.kind, change.name)], ctx)
+                    assert item is not None
+                    await kind_store.write(conn, item, ctx)
+            if unchanged_jobs:
+                ids = select(jobs.c.id).where(jobs.c.name.in_(unchanged_jobs))
+                await conn.execute(
+                    update(job_meta).where(job_meta.c.job_id.in_(ids)).values(managed_commit=commit)
+                )
             summary = {
                 action: [f"{c.kind} {c.name}" for c in changes if c.action == action]
                 for action in ("create", "update", "release")

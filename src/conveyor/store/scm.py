@@ -379,11 +379,7 @@ async def record_version_commit(
     source: str | None,
     file: str | None,
 ) -> None:
-    await conn.execute(
-        delete(job_version_commits).where(
-            job_version_commits.c.job_id == job_id, job_version_commits.c.version == version
-        )
-    )
+    # A version is new when its commit is recorded: a plain insert.
     await conn.execute(
         insert(job_version_commits).values(
             job_id=job_id, version=version, commit=commit, source=source, file=file
