@@ -113,6 +113,13 @@ async def test_multibranch_sub_jobs_have_own_history_and_deleted_branches_archiv
     newest = await get_build_commit(runtime.store, builds[0].id)
     assert newest is not None and newest.sha == pushed and newest.branch == "feature/x"
 
+    # A change of the multibranch job reaches its branch jobs.
+    changed = spec.replace("echo: hi", "echo: changed")
+    assert (await client.put("/api/v1/jobs/svc", json={"spec": changed})).is_success
+    clock.advance(11)
+    await leader.run_once()
+    assert "echo: changed" in (await runtime.store.get_job("svc/main")).spec
+
     repo.delete_branch("feature/x")
     clock.advance(11)
     await leader.run_once()

@@ -173,7 +173,8 @@ class TriggerLoop:
             schedule = parse_cron(triggers.cron, job.record.name, triggers.timezone or "UTC")
         except CronError:
             return 0
-        fired = schedule.fires_between(since, now)
+        # Never make up firings from before the job existed.
+        fired = schedule.fires_between(max(since, job.record.created_at), now)
         if fired is None:
             return 0
         name = job.record.name
@@ -300,6 +301,7 @@ class TriggerLoop:
                 continue
             if child.meta is not None and child.meta.archived:
                 await self._set_archived(child.record.name, False)
+            await sync_branch_job(self.store, job.record, child.record, branch, now)
             if build_changes:
                 started += await self._build_if_new(child, branch, sha, now, baseline=False)
         for gone, child in children.items():
@@ -324,6 +326,25 @@ def branch_job_spec(parent_spec: str, name: str, branch: str) -> str:
     scm["branch"] = branch
     data["scm"] = scm
     return yaml.safe_dump(data, sort_keys=False)
+
+
+async def sync_branch_job(
+    store: Store, parent: JobRecord, child: JobRecord, branch: str, now: datetime
+) -> None:
+    """Carry a change of the multibranch job's spec over to a branch job."""
+    spec = branch_job_spec(parent.spec, child.name, branch)
+    if spec == child.spec:
+        return
+    pipeline = parse_pipeline(spec, f"{child.name}.yml")
+    fields = JobFields(
+        name=child.name,
+        spec=spec,
+        description=pipeline.description,
+        label_expression=pipeline.agent,
+        concurrency=pipeline.concurrency,
+        priority=pipeline.priority or 0,
+    )
+    await store.update_job(fields, None, f"multibranch {parent.name}", now)
 
 
 async def ensure_branch_job(
