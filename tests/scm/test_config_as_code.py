@@ -151,3 +151,42 @@ async def test_rollback_of_an_unmanaged_job(client: httpx.AsyncClient) -> None:
     assert same.json() == {"job": "app", "version": 4, "changed": False, "restored": 2}
     bad = await client.post("/api/v1/jobs/app/rollback", json={"to": 0})
     assert bad.status_code == 400
+
+
+async def test_leader_sync_applies_new_commits_and_keeps_the_last_good_one(
+    runtime: Runtime, client: httpx.AsyncClient, clock: Any, tmp_path: Any
+) -> None:
+    from conveyor.controller.config_apply import ConfigApplier, ConfigSync
+    from tests.scm.gitserver import Repo
+
+    repo = Repo(tmp_path / "srv", "config")
+    first = repo.create({"jobs/svc.yml": job_yaml("svc", "one")}, "one")
+    sync = ConfigSync(
+        ConfigApplier(runtime.store, clock),
+        runtime.lease,
+        tmp_path / "mirrors",
+        repo.file_url,
+        "main",
+        60.0,
+        clock,
+    )
+    assert await sync.run_once() is None  # not the leader: nothing
+    assert await runtime.lease.run_once()
+    result = await sync.run_once()
+    assert result is not None and result.commit == first
+    assert await sync.run_once() is None  # not due yet
+    clock.advance(61)
+    assert await sync.run_once() is None  # due, but that commit is applied already
+
+    repo.commit({"jobs/svc.yml": job_yaml("svc", "two"), "jobs/bad.yml": "name: bad\n"}, "bad")
+    clock.advance(61)
+    assert await sync.run_once() is None
+    assert sync.last_error is not None and "jobs/bad.yml:1:" in sync.last_error
+    assert "echo: one" in (await client.get("/api/v1/jobs/svc")).json()["spec"]
+
+    fixed = repo.commit({"jobs/bad.yml": job_yaml("bad")}, "fix")
+    clock.advance(61)
+    result = await sync.run_once()
+    assert result is not None and result.commit == fixed and sync.last_error is None
+    assert "echo: two" in (await client.get("/api/v1/jobs/svc")).json()["spec"]
+    assert (await client.get("/api/v1/jobs/bad")).status_code == 200
