@@ -20,6 +20,7 @@ import asyncio
 import base64
 import os
 import re
+import shlex
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,7 +67,7 @@ def env_credentials(credential: str | None) -> dict[str, str]:
         )
     key = os.environ.get(name + "_SSH_KEY")
     if key:
-        out["GIT_SSH_COMMAND"] = f"ssh -i {key} -o IdentitiesOnly=yes -o BatchMode=yes"
+        out["GIT_SSH_COMMAND"] = f"ssh -i {shlex.quote(key)} -o IdentitiesOnly=yes -o BatchMode=yes"
     return out
 
 

@@ -3,6 +3,7 @@ HTTP (`git http-backend` behind a tiny CGI server), all on 127.0.0.1."""
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import subprocess
@@ -123,10 +124,11 @@ class GitDaemon:
 class GitHttp:
     """`git http-backend` (smart HTTP, read-only) behind a tiny threaded CGI server."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, basic_auth: str | None = None) -> None:
         self.base = base
         self.server: ThreadingHTTPServer | None = None
         self.requests = 0
+        self.basic_auth = basic_auth  # "user:password" required when set
 
     def start(self) -> GitHttp:
         base = self.base
@@ -138,6 +140,14 @@ class GitHttp:
 
             def _cgi(self) -> None:
                 outer.requests += 1
+                if outer.basic_auth is not None:
+                    expected = "Basic " + base64.b64encode(outer.basic_auth.encode()).decode()
+                    if self.headers.get("Authorization") != expected:
+                        self.send_response(401)
+                        self.send_header("WWW-Authenticate", 'Basic realm="git"')
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                 path, _, query = self.path.partition("?")
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
