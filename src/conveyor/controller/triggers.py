@@ -41,6 +41,7 @@ from conveyor.store.scm import (
     all_job_meta,
     claim,
     get_heads,
+    prune_claims,
     release_claim,
     set_claim_build,
     set_head,
@@ -52,6 +53,9 @@ log = structlog.get_logger(__name__)
 
 #: How far back a new leader looks for cron firings and finished upstream builds.
 LOOKBACK = timedelta(minutes=10)
+#: Claims are kept this long (far beyond LOOKBACK; SCM heads also remember commits).
+CLAIM_KEEP = timedelta(days=7)
+CLAIM_PRUNE_EVERY = timedelta(hours=1)
 _UPSTREAM_STATES = {
     "success": {BuildState.SUCCEEDED},
     "failure": {BuildState.FAILED, BuildState.TIMED_OUT},
@@ -120,6 +124,7 @@ class TriggerLoop:
         self.poll_default = poll_default
         self._cron_since: datetime | None = None
         self._polled_at: dict[str, datetime] = {}
+        self._pruned_at: datetime | None = None
 
     async def run_once(self) -> int:
         """One pass; returns how many builds it started (0 when not the leader)."""
@@ -138,6 +143,9 @@ class TriggerLoop:
             except git.GitError as exc:
                 log.warning("trigger.git_failed", job=job.record.name, error=str(exc))
         self._cron_since = now
+        if self._pruned_at is None or now - self._pruned_at > CLAIM_PRUNE_EVERY:
+            await prune_claims(self.store, now - CLAIM_KEEP)
+            self._pruned_at = now
         return started
 
     async def _jobs(self) -> dict[str, _Job]:

@@ -236,6 +236,15 @@ async def release_claim(store: Store, key: str) -> None:
         await conn.execute(delete(trigger_claims).where(trigger_claims.c.key == key[:600]))
 
 
+async def prune_claims(store: Store, before: datetime) -> int:
+    """Forget claims older than ``before`` (long past anything a trigger re-examines)."""
+    async with store.write() as conn:
+        result = await conn.execute(
+            delete(trigger_claims).where(trigger_claims.c.created_at < before)
+        )
+    return int(result.rowcount or 0)
+
+
 async def claimed(store: Store, key: str) -> bool:
     async with store.read() as conn:
         found = await conn.scalar(
