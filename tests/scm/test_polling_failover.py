@@ -44,7 +44,8 @@ def test_polling_builds_each_commit_once_across_a_leader_kill(
         )
         with first.client() as c:
             assert c.put("/api/v1/jobs/svc", json={"spec": spec}).status_code == 201
-        time.sleep(3)  # the baseline commit is recorded, not built
+        with first.client() as c:  # the baseline commit is recorded, not built
+            wait_until(lambda: c.get("/api/v1/jobs/svc/scm-heads").json(), 60, what="baseline")
         one = repo.commit({"v": "1"}, "one")
         wait_until(lambda: len(builds_of(first, "svc")) == 1, 60, what="build of commit one")
 

@@ -129,8 +129,10 @@ def test_polling_builds_a_push_once_when_webhooks_are_off(
     with controller.client() as c:
         spec = _job_spec("svc", url, poll=True)
         assert c.put("/api/v1/jobs/svc", json={"spec": spec}).status_code == 201
-    # The job's existing commit is a baseline, not news: give the poller a few rounds.
-    time.sleep(4)
+    # The job's existing commit is a baseline, not news.
+    with controller.client() as c:
+        wait_until(lambda: c.get("/api/v1/jobs/svc/scm-heads").json(), 60, what="baseline")
+    time.sleep(2)  # a few more polling rounds
     assert _builds(controller, "svc") == []
 
     pushed = repo.commit({"version.txt": "v2-polled\n"}, "second: polled")

@@ -13,7 +13,7 @@ from conveyor.controller.config_apply import ConfigApplier, read_repo_files, rol
 from conveyor.controller.scm import RepositoryUnavailable
 from conveyor.errors import InvalidInput
 from conveyor.git import GitError
-from conveyor.store.scm import version_commits
+from conveyor.store.scm import get_heads, version_commits
 
 router = APIRouter(prefix="/api/v1", tags=["config"])
 
@@ -97,6 +97,13 @@ async def job_version_commits(name: str, runtime: RuntimeDep, _: CallerDep) -> d
     """The config commit (and file) each version of a job came from, by version."""
     await runtime.store.get_job(name)
     return {str(v): c for v, c in sorted((await version_commits(runtime.store, name)).items())}
+
+
+@router.get("/jobs/{name:path}/scm-heads")
+async def scm_heads(name: str, runtime: RuntimeDep, _: CallerDep) -> dict[str, str]:
+    """The last commit the leader saw (polling, webhooks) per branch of a job."""
+    await runtime.store.get_job(name)
+    return await get_heads(runtime.store, name)
 
 
 @router.post("/jobs/{name:path}/rollback")
