@@ -109,6 +109,11 @@ async def run_git(
         proc.kill()
         await proc.wait()
         raise GitError(f"git {args[0]} timed out after {timeout:g}s") from None
+    except asyncio.CancelledError:  # a cancelled build: leave no git behind
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
     if proc.returncode != 0:
         text = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()
         raise GitError(f"git {args[0]} failed: {text[-2000:]}")

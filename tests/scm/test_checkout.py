@@ -67,3 +67,18 @@ async def test_a_failed_checkout_fails_the_build_and_runs_post_failure(tmp_path:
     assert "==> checkout failed: git clone failed" in reporter.text
     assert reporter.finished("s1") == [(StepState.SKIPPED, None, 0)]
     assert "post-failure ran" in reporter.text
+
+
+async def test_a_build_cancelled_before_checkout_never_checks_out(tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "srv", "app")
+    head = repo.create({"v.txt": "x\n"}, "one")
+    plan = BuildPlan(
+        stages=[stage("build", sh("s1", "echo never"))],
+        checkout=CheckoutPlan(url=repo.file_url, commit=head),
+    )
+    reporter = FakeReporter()
+    executor = BuildExecutor(context(tmp_path, plan, 4), reporter)
+    executor.cancel()
+    assert await executor.run() == BuildState.CANCELLED
+    assert "checkout" not in reporter.text
+    assert not (tmp_path / "agent" / "mirrors").exists()

@@ -21,6 +21,7 @@ Outcome rules, in short:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import posixpath
@@ -518,11 +519,26 @@ class BuildExecutor:
             await self.reporter.log(data)
 
     async def _checkout(self) -> bool:
+        """Check out the build's commit; a cancel stops it (then the build is cancelled)."""
         from conveyor.agent.checkout import checkout
 
         assert self.ctx.plan.checkout is not None
+        if self._cancel_event.is_set():
+            return False
         mirrors = self.ctx.mirror_root or self.ctx.workspace.parent.parent / "mirrors"
-        return await checkout(self.ctx.plan.checkout, self.ctx.workspace, mirrors, self._log_line)
+        work = asyncio.create_task(
+            checkout(self.ctx.plan.checkout, self.ctx.workspace, mirrors, self._log_line)
+        )
+        cancelled = asyncio.create_task(self._cancel_event.wait())
+        try:
+            await asyncio.wait({work, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+        return work.done() and not work.cancelled() and work.result()
 
     async def _log_line(self, text: str, prefix: str | None = None) -> None:
         await self._write(f"{prefix or ''}{text}\n".encode())
