@@ -15,7 +15,8 @@ import structlog
 from conveyor.blobs import BlobStore, FolderBlobStore, open_blob_store
 from conveyor.controller.builds import BuildService
 from conveyor.controller.clock import Clock, utcnow
-from conveyor.controller.config_apply import ConfigApplier, ConfigSync
+from conveyor.controller.config_apply import ConfigApplier
+from conveyor.controller.config_sync import ConfigSync
 from conveyor.controller.dispatcher import Dispatcher
 from conveyor.controller.failures import FailureAnalyzer
 from conveyor.controller.leader import LeaderLease

@@ -114,7 +114,7 @@ async def test_managed_jobs_refuse_api_edits_and_rollback_restores_the_exact_spe
     detail = refused.json()["detail"]
     assert "https://git.example.org/ops/config.git" in detail and "jobs/svc.yml" in detail
     assert (await client.delete("/api/v1/jobs/svc")).status_code == 409
-    # An admin may force it (audited through config_apply.audit_hook).
+    # An admin may force it (audited through job_edits.audit_hook).
     forced = await client.put(
         "/api/v1/jobs/svc", params={"force": "true"}, json={"spec": job_yaml("svc", "hotfix")}
     )
@@ -156,7 +156,8 @@ async def test_rollback_of_an_unmanaged_job(client: httpx.AsyncClient) -> None:
 async def test_leader_sync_applies_new_commits_and_keeps_the_last_good_one(
     runtime: Runtime, client: httpx.AsyncClient, clock: Any, tmp_path: Any
 ) -> None:
-    from conveyor.controller.config_apply import ConfigApplier, ConfigSync
+    from conveyor.controller.config_apply import ConfigApplier
+    from conveyor.controller.config_sync import ConfigSync
     from tests.scm.gitserver import Repo
 
     repo = Repo(tmp_path / "srv", "config")

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, model_validator
 
 from conveyor.api.deps import CallerDep, RuntimeDep
-from conveyor.controller.config_apply import ConfigApplier, read_repo_files, rollback_job
+from conveyor.controller.config_apply import ConfigApplier
+from conveyor.controller.config_sync import read_repo_files
+from conveyor.controller.job_edits import rollback_job
 from conveyor.controller.scm import RepositoryUnavailable
 from conveyor.errors import InvalidInput
 from conveyor.git import GitError
@@ -111,7 +113,7 @@ async def rollback(
     name: str, body: RollbackIn, runtime: RuntimeDep, caller: CallerDep, force: bool = False
 ) -> dict[str, Any]:
     """Make an earlier version's spec current again, as a new version."""
-    from conveyor.controller.config_apply import guard_managed_edit
+    from conveyor.controller.job_edits import guard_managed_edit
 
     await guard_managed_edit(runtime.store, name, caller.name, caller.scope, force, "rollback")
     version, changed = await rollback_job(

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Response
 
 from conveyor.api.deps import CallerDep, RuntimeDep
 from conveyor.api.schemas import JobIn, JobOut, JobVersionOut
-from conveyor.controller.config_apply import guard_managed_edit
+from conveyor.controller.job_edits import guard_managed_edit
 from conveyor.core.pipeline import Pipeline, parse_pipeline
 from conveyor.errors import Conflict, InvalidInput, NotFound
 from conveyor.store.store import JobFields

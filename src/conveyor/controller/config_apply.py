@@ -1,8 +1,8 @@
 """Applying a configuration (``conveyor.core.config_repo``) to the store: validate
 everything first, then change everything in ONE write transaction, recording the
-commit on every job version it creates. Also: export, rollback, the guard that keeps
-API edits off Git-managed jobs, and the leader loop that keeps a config repository
-synced.
+commit on every job version it creates; and exporting it back. Rollback and the guard
+on Git-managed jobs are in ``conveyor.controller.job_edits``; reading a config
+repository and the leader's sync loop in ``conveyor.controller.config_sync``.
 
 Kinds with state in the store register a :class:`KindStore` in :data:`KIND_STORES`
 (folder and job here; pools, roles/grants, retention and backup schedules are added
@@ -11,21 +11,16 @@ the same way by the features that own them).
 
 from __future__ import annotations
 
-import io
-import tarfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import structlog
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from conveyor import git
 from conveyor.controller.clock import Clock
-from conveyor.controller.leader import LeaderLease
 from conveyor.core.config_repo import (
     KINDS,
     Change,
@@ -36,13 +31,12 @@ from conveyor.core.config_repo import (
     render_folder,
 )
 from conveyor.core.pipeline import parse_pipeline
-from conveyor.errors import Conflict, Forbidden, InvalidInput, NotFound
+from conveyor.errors import Conflict, InvalidInput
 from conveyor.store import Store
 from conveyor.store.schema import job_versions, jobs
 from conveyor.store.scm import (
     config_applies,
     folders,
-    get_job_meta,
     job_meta,
     record_version_commit,
     set_job_meta,
@@ -324,156 +318,3 @@ class ConfigApplier:
                 )
             ).all()
         return [dict(r._mapping) for r in rows]
-
-
-async def read_repo_files(mirror_root: Path, url: str, ref: str) -> tuple[dict[str, str], str]:
-    """The text files of ``ref`` in a repository (through the mirror cache), and the
-    commit they come from."""
-    mirror = await git.mirror(mirror_root, url)
-    sha = await git.resolve(mirror, ref if ref.startswith("refs/") else f"refs/heads/{ref}")
-    proc_out = await _archive(mirror, sha)
-    files: dict[str, str] = {}
-    with tarfile.open(fileobj=io.BytesIO(proc_out)) as tar:
-        for member in tar.getmembers():
-            if member.isfile() and member.name.endswith((".yml", ".yaml")):
-                data = tar.extractfile(member)
-                if data is not None:
-                    files[member.name] = data.read().decode("utf-8", "replace")
-    return files, sha
-
-
-async def _archive(mirror: Path, sha: str) -> bytes:
-    import asyncio
-
-    proc = await asyncio.create_subprocess_exec(
-        "git",
-        "archive",
-        "--format=tar",
-        sha,
-        cwd=mirror,
-        env=git.git_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), git.GIT_TIMEOUT)
-    if proc.returncode != 0:
-        raise git.GitError(f"git archive failed: {err.decode(errors='replace').strip()}")
-    return out
-
-
-# ----------------------------------------------------------- edits and audit
-
-#: Called for every admin's forced edit of a Git-managed job:
-#: (who, action, job, where it is managed). The security feature's ``record_audit``
-#: replaces this; by default the event is logged.
-AuditHook = Callable[[str, str, str, str], Awaitable[None]]
-
-
-async def _log_audit(who: str, action: str, job: str, managed: str) -> None:
-    log.warning("audit.forced_edit", user=who, action=action, job=job, managed=managed)
-
-
-audit_hook: AuditHook = _log_audit
-
-
-async def guard_managed_edit(
-    store: Store, job_name: str, caller_name: str, caller_scope: str, force: bool, action: str
-) -> None:
-    """Refuse an API edit of a job managed from a config repository (409 naming where),
-    unless ``force`` by an admin, which is audited."""
-    meta = await get_job_meta(store, job_name)
-    if meta is None or meta.managed_repo is None:
-        return
-    where = f"{meta.managed_repo} ({meta.managed_file})"
-    if not force:
-        raise Conflict(
-            f"job {job_name!r} is managed in the config repository {where}; change it there "
-            "(or, as an admin, force this edit with ?force=true)"
-        )
-    if caller_scope != "admin":
-        raise Forbidden(f"only an admin may force an edit of {job_name!r}, managed in {where}")
-    await audit_hook(caller_name, action, job_name, where)
-
-
-# ------------------------------------------------------------------ rollback
-
-
-async def rollback_job(
-    store: Store, name: str, to_version: int, author: str, now: datetime
-) -> tuple[int, bool]:
-    """Make the spec of version ``to_version`` current again, as a new version (the
-    history is kept). Returns (current version, whether a new version was made)."""
-    async with store.write() as conn:
-        job_id = await conn.scalar(select(jobs.c.id).where(jobs.c.name == name))
-        if job_id is None:
-            raise NotFound(f"job {name!r} not found")
-        spec = await conn.scalar(
-            select(job_versions.c.spec).where(
-                job_versions.c.job_id == job_id, job_versions.c.version == to_version
-            )
-        )
-        if spec is None:
-            raise NotFound(f"job {name!r} has no version {to_version}")
-        _, version, changed = await upsert_job(
-            conn,
-            spec,
-            f"{author} (rollback to v{to_version})",
-            now,
-            None,
-            f"rollback to version {to_version}",
-            None,
-        )
-    return version, changed
-
-
-# -------------------------------------------------------------- leader sync
-
-
-class ConfigSync:
-    """Keeps the instance in sync with a config repository (leader only): on a
-    schedule, and at once when a webhook says the repository changed."""
-
-    def __init__(
-        self,
-        applier: ConfigApplier,
-        lease: LeaderLease,
-        mirror_root: Path,
-        repo: str | None,
-        ref: str,
-        interval: float | None,
-        clock: Clock,
-    ) -> None:
-        self.applier = applier
-        self.lease = lease
-        self.mirror_root = mirror_root
-        self.repo = repo
-        self.ref = ref
-        self.interval = interval
-        self.clock = clock
-        self._last: datetime | None = None
-        self.last_error: str | None = None
-
-    async def run_once(self, force: bool = False) -> ApplyResult | None:
-        """The scheduled sync (leader only); ``force``: now, on any controller (a
-        webhook said the repository changed; the apply is atomic and skips a commit
-        already applied)."""
-        if self.repo is None or not (self.lease.is_leader or force):
-            return None
-        now = self.clock()
-        due = self.interval is not None and (
-            self._last is None or (now - self._last).total_seconds() >= self.interval
-        )
-        if not (due or force):
-            return None
-        self._last = now
-        try:
-            files, sha = await read_repo_files(self.mirror_root, self.repo, self.ref)
-            if sha == await self.applier.last_commit(self.repo):
-                return None
-            result = await self.applier.apply(files, self.repo, sha, "config-sync")
-        except (git.GitError, InvalidInput, Conflict) as exc:
-            self.last_error = str(exc) + "".join(f"\n  {e}" for e in getattr(exc, "errors", []))
-            log.warning("config.sync_failed", repo=self.repo, error=self.last_error)
-            return None
-        self.last_error = None
-        return result
