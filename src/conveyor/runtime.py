@@ -15,6 +15,8 @@ import structlog
 from conveyor.blobs import BlobStore, FolderBlobStore, open_blob_store
 from conveyor.controller.builds import BuildService
 from conveyor.controller.clock import Clock, utcnow
+from conveyor.controller.config_apply import ConfigApplier
+from conveyor.controller.config_sync import ConfigSync
 from conveyor.controller.dispatcher import Dispatcher
 from conveyor.controller.failures import FailureAnalyzer
 from conveyor.controller.history import HistoryRetention, JobPolicyCache
@@ -25,6 +27,8 @@ from conveyor.controller.notifications import Notifier
 from conveyor.controller.pg_wakeups import PgWakeups
 from conveyor.controller.reaper import Reaper
 from conveyor.controller.retention import RETENTION_INTERVAL, ArtifactRetention
+from conveyor.controller.scm import ScmBuilds
+from conveyor.controller.triggers import TriggerLoop
 from conveyor.controller.wakeups import DISPATCH, Wakeups
 from conveyor.credentials.service import CredentialVault, load_secret_key
 from conveyor.metrics import Metrics, MetricsUpdater
@@ -61,6 +65,9 @@ class Runtime:
     notifier: Notifier
     metrics: Metrics
     metrics_updater: MetricsUpdater
+    scm: ScmBuilds | None = None
+    triggers: TriggerLoop | None = None
+    config_sync: ConfigSync | None = None
     loops: list[LoopRunner] = field(default_factory=list)
     first_admin_token: str | None = None
     credentials: CredentialVault | None = None  # the encrypted credentials store
@@ -84,6 +91,8 @@ class Runtime:
             builds.default_log_limit = settings.log_limit_mb * 1024 * 1024
         address = settings.public_url or f"http://{settings.host}:{settings.port}"
         membership = ClusterMembership(store, controller_id, address, settings.role, clock)
+        scm = ScmBuilds(store, wakeups, clock, settings.home.resolve() / "mirrors")
+        builds.scm = scm
         return cls(
             settings=settings,
             store=store,
@@ -102,6 +111,17 @@ class Runtime:
             metrics=metrics,
             metrics_updater=MetricsUpdater(metrics, store, lease, clock),
             credentials=CredentialVault(store, load_secret_key(settings)),
+            scm=scm,
+            triggers=TriggerLoop(store, builds, scm, lease, clock, settings.scm_poll_interval),
+            config_sync=ConfigSync(
+                ConfigApplier(store, clock),
+                lease,
+                settings.home.resolve() / "mirrors",
+                settings.config_repo,
+                settings.config_ref,
+                settings.config_sync_interval,
+                clock,
+            ),
         )
 
     async def prepare(self) -> None:
@@ -142,6 +162,14 @@ class Runtime:
             LoopRunner("reaper", self.reaper.run_once, min(5.0, self.settings.agent_timeout / 3)),
             LoopRunner("metrics", self.metrics_updater.run_once, MetricsUpdater.INTERVAL),
         ]
+        if self.triggers is not None:
+            self.loops.append(
+                LoopRunner("triggers", self.triggers.run_once, self.settings.trigger_interval)
+            )
+        if self.config_sync is not None and self.settings.config_repo:
+            self.loops.append(
+                LoopRunner("config-sync", self.config_sync.run_once, self.settings.trigger_interval)
+            )
         for loop in self.loops:
             loop.start()
 

@@ -98,6 +98,26 @@ class Settings(BaseSettings):
         description="file holding the credentials key; default: HOME/secret.key if it exists"
         " (docs/credentials.md)",
     )
+    scm_poll_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="default seconds between `git ls-remote` polls (docs/triggers.md)",
+    )
+    trigger_interval: float = Field(
+        default=5.0, gt=0, description="seconds between the leader's trigger checks (cron, polling)"
+    )
+    webhook_secret: str | None = Field(
+        default=None,
+        description="global webhook secret (HMAC key / token) for /api/v1/webhooks"
+        " (docs/triggers.md)",
+    )
+    config_repo: str | None = Field(
+        default=None, description="config repository URL kept in sync (docs/config-as-code.md)"
+    )
+    config_ref: str = Field(default="main", description="branch of the config repository")
+    config_sync_interval: float | None = Field(
+        default=None, gt=0, description="seconds between config repository syncs; unset: off"
+    )
 
     def resolved_database_url(self) -> str:
         if self.database_url:

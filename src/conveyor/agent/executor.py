@@ -21,6 +21,7 @@ Outcome rules, in short:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import posixpath
@@ -81,6 +82,7 @@ class BuildContext:
     credentials: dict[str, dict[str, str]] = field(default_factory=dict)
     #: Where ``file`` credential bindings are written (outside the workspace).
     secrets_dir: Path | None = None
+    mirror_root: Path | None = None  # the agent's git mirror cache (plan.checkout)
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,8 @@ class BuildExecutor:
 
     async def _run_main(self, chain: tuple[_Deadline, ...]) -> BuildState:
         state = StepState.SUCCEEDED
+        if self.ctx.plan.checkout is not None and not await self._checkout():
+            state = StepState.FAILED  # every stage is skipped; post failure runs
         for stage in self.ctx.plan.stages:
             if state is not StepState.SUCCEEDED or self._cancel_event.is_set():
                 await self._skip_stage(stage)
@@ -589,6 +593,28 @@ class BuildExecutor:
             cut = head + newline + truncation_line(limit, source)
             self._log_bytes += len(cut)
             await self.reporter.log(cut)
+
+    async def _checkout(self) -> bool:
+        """Check out the build's commit; a cancel stops it (then the build is cancelled)."""
+        from conveyor.agent.checkout import checkout
+
+        assert self.ctx.plan.checkout is not None
+        if self._cancel_event.is_set():
+            return False
+        mirrors = self.ctx.mirror_root or self.ctx.workspace.parent.parent / "mirrors"
+        work = asyncio.create_task(
+            checkout(self.ctx.plan.checkout, self.ctx.workspace, mirrors, self._log_line)
+        )
+        cancelled = asyncio.create_task(self._cancel_event.wait())
+        try:
+            await asyncio.wait({work, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+        return work.done() and not work.cancelled() and work.result()
 
     async def _log_line(self, text: str, prefix: str | None = None) -> None:
         await self._write(f"{prefix or ''}{text}\n".encode())

@@ -340,6 +340,7 @@ class Agent:
             kill_grace=self.config.kill_grace,
             credentials=start.get("credentials") or {},
             secrets_dir=self.secrets_root,
+            mirror_root=self.config.workdir / "mirrors",
         )
         outbox = self._outbox(
             aid, meta={"build_id": build_id, "workspace": str(workspace.resolve())}

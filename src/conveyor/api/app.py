@@ -15,6 +15,7 @@ from conveyor.api import (
     routes_artifacts,
     routes_builds,
     routes_cluster,
+    routes_config,
     routes_credentials,
     routes_health,
     routes_jobs,
@@ -22,6 +23,7 @@ from conveyor.api import (
     routes_notifications,
     routes_publications,
     routes_retention,
+    routes_webhooks,
 )
 from conveyor.api.errors import install_error_handlers, problem
 from conveyor.api.middleware import RequestMiddleware
@@ -76,11 +78,13 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
     # Build routes first: /api/v1/jobs/{name:path}/builds must win over /jobs/{name:path}.
     app.include_router(routes_artifacts.router)
     app.include_router(routes_builds.router)
+    app.include_router(routes_config.router)  # before jobs: /jobs/{name}/rollback
     app.include_router(routes_jobs.router)
     app.include_router(routes_agents.router)
     app.include_router(routes_cluster.router)
     app.include_router(routes_notifications.router)
     app.include_router(routes_credentials.router)
+    app.include_router(routes_webhooks.router)
     app.include_router(agent_protocol.router)
     app.include_router(routes_publications.router)
     app.include_router(routes_publications.agent_router)

@@ -11,12 +11,20 @@ from fastapi.responses import StreamingResponse
 
 from conveyor.api.deps import CallerDep, RuntimeDep
 from conveyor.api.logs import follow_log, read_log
-from conveyor.api.schemas import ArtifactOut, BuildOut, BuildPage, QueueItemOut, TriggerIn
+from conveyor.api.schemas import (
+    ArtifactOut,
+    BuildOut,
+    BuildPage,
+    CommitOut,
+    QueueItemOut,
+    TriggerIn,
+)
 from conveyor.core.dispatch import explain_waits
 from conveyor.core.states import BuildState
 from conveyor.errors import InvalidInput
 from conveyor.runtime import Runtime
 from conveyor.store.records import BuildRecord
+from conveyor.store.scm import build_commits_of, get_build_commit
 
 router = APIRouter(prefix="/api/v1", tags=["builds"])
 
@@ -26,7 +34,10 @@ MAX_LOG_PAGE = 8 * 1024 * 1024
 async def _detail(runtime: Runtime, build: BuildRecord) -> BuildOut:
     steps = await runtime.store.build_steps(build.id)
     artifacts = await runtime.store.list_artifacts(build.id)
-    return BuildOut.of(build, steps, artifacts)
+    out = BuildOut.of(build, steps, artifacts)
+    commit = await get_build_commit(runtime.store, build.id)
+    out.commit = None if commit is None else CommitOut.model_validate(commit, from_attributes=True)
+    return out
 
 
 def _states(state: list[str] | None) -> list[BuildState]:
@@ -42,7 +53,12 @@ async def _page(
 ) -> BuildPage:
     items = await runtime.store.list_builds(job, _states(state), cursor, limit)
     next_cursor = items[-1].id if len(items) == limit else None
-    return BuildPage(items=[BuildOut.of(b) for b in items], next_cursor=next_cursor)
+    commits = await build_commits_of(runtime.store, [b.id for b in items])
+    outs = [BuildOut.of(b) for b in items]
+    for out in outs:
+        if out.id in commits:
+            out.commit = CommitOut.model_validate(commits[out.id], from_attributes=True)
+    return BuildPage(items=outs, next_cursor=next_cursor)
 
 
 @router.post("/jobs/{name:path}/builds", status_code=201)

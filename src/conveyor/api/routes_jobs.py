@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Response
 
 from conveyor.api.deps import CallerDep, RuntimeDep
 from conveyor.api.schemas import JobIn, JobOut, JobVersionOut
+from conveyor.controller.job_edits import guard_managed_edit
 from conveyor.core.pipeline import Pipeline, parse_pipeline
 from conveyor.errors import Conflict, InvalidInput, NotFound
 from conveyor.store.store import JobFields
@@ -87,12 +88,14 @@ async def put_job(
     caller: CallerDep,
     response: Response,
     if_match: Annotated[str | None, Header()] = None,
+    force: bool = False,
 ) -> JobOut:
     """Create or update a job. With a version (If-Match or body) the update is
     conditional: if someone changed the job since, the answer is 409."""
     _, fields = job_fields(body.spec)
     if fields.name != name:
         raise InvalidInput(f"the spec names job {fields.name!r} but the URL names {name!r}")
+    await guard_managed_edit(runtime.store, name, caller.name, caller.scope, force, "update")
     expected = _if_match(if_match, body.version)
     now = runtime.clock()
     try:
@@ -117,7 +120,10 @@ async def get_job(name: str, runtime: RuntimeDep, _: CallerDep, response: Respon
 
 
 @router.delete("/{name:path}", status_code=204)
-async def delete_job(name: str, runtime: RuntimeDep, _: CallerDep) -> Response:
+async def delete_job(
+    name: str, runtime: RuntimeDep, caller: CallerDep, force: bool = False
+) -> Response:
+    await guard_managed_edit(runtime.store, name, caller.name, caller.scope, force, "delete")
     for key in await runtime.store.delete_job(name):
         await runtime.blobs.delete(key)
     return Response(status_code=204)

@@ -107,6 +107,18 @@ class ArtifactOut(BaseModel):
         )
 
 
+class CommitOut(BaseModel):
+    """The commit a build of a job with a repository built (docs/scm.md)."""
+
+    repository: str
+    branch: str | None
+    sha: str
+    author: str | None
+    email: str | None
+    message: str | None
+    committed_at: str | None
+
+
 class BuildOut(BaseModel):
     id: int
     job: str
@@ -138,6 +150,7 @@ class BuildOut(BaseModel):
     url: str
     steps: list[StepOut] | None = None
     artifacts: list[ArtifactOut] | None = None
+    commit: CommitOut | None = None  # jobs with a repository: what was built
 
     @classmethod
     def of(

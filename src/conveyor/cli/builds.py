@@ -105,6 +105,12 @@ def show(build_id: int, url: UrlOpt = None, token: TokenOpt = None) -> None:
         out.print(f"cause: {b['cause']}", highlight=False)
     if b["parameters"]:
         out.print("parameters: " + ", ".join(f"{k}={v}" for k, v in b["parameters"].items()))
+    if b.get("commit"):
+        c = b["commit"]
+        subject = (c["message"] or "").splitlines()[0] if c["message"] else ""
+        out.print(
+            f"commit {c['sha'][:12]} ({c['branch']}) by {c['author']}: {subject}", highlight=False
+        )
     table = Table("stage", "step", "state", "exit", "attempt")
     for s in b["steps"] or []:
         exit_code = "" if s["exit_code"] is None else str(s["exit_code"])

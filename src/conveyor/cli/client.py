@@ -83,6 +83,6 @@ def _problem(response: httpx.Response) -> str:
         return f"HTTP {response.status_code}: {response.text[:500]}"
     detail = body.get("detail") if isinstance(body, dict) else None
     errors = body.get("errors") if isinstance(body, dict) else None
-    if errors and isinstance(errors, list) and len(errors) > 1:
+    if errors and isinstance(errors, list) and (len(errors) > 1 or str(errors[0]) != detail):
         return "\n  ".join([f"{detail or 'HTTP ' + str(response.status_code)}", *map(str, errors)])
     return str(detail or body)

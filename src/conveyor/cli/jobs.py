@@ -97,3 +97,29 @@ def delete(
     client = ApiClient.from_options(url, token)
     client.request("DELETE", f"/api/v1/jobs/{name}")
     out.print(f"deleted job [bold]{name}[/]")
+
+
+@app.command("rollback")
+def rollback(
+    name: Annotated[str, typer.Argument(help="job name")],
+    to: Annotated[int, typer.Option("--to", min=1, help="the version whose spec to restore")],
+    force: Annotated[
+        bool, typer.Option(help="admin only: also for a job managed in a config repository")
+    ] = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Restore the exact spec of an earlier version (as a new version)."""
+    client = ApiClient.from_options(url, token)
+    result = client.json(
+        "POST",
+        f"/api/v1/jobs/{name}/rollback",
+        json={"to": to},
+        params={"force": "true"} if force else None,
+    )
+    if result["changed"]:
+        out.print(f"job [bold]{name}[/] is at version {result['version']} (the spec of v{to})")
+    else:
+        out.print(
+            f"job [bold]{name}[/] already has the spec of v{to} (version {result['version']})"
+        )

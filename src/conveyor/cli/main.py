@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from conveyor import __version__
-from conveyor.cli import agent, blobs, builds, cluster, credentials, jobs, lb, retention
+from conveyor.cli import (
+    agent,
+    blobs,
+    builds,
+    cluster,
+    config_repo,
+    credentials,
+    jobs,
+    lb,
+    retention,
+)
 from conveyor.cli import healthcheck as healthcheck_cli
 from conveyor.core.dispatch import Strategy
 
@@ -24,6 +34,7 @@ app.add_typer(agent.app, name="agent")
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(blobs.app, name="blobs")
 app.add_typer(retention.app, name="retention")
+app.add_typer(config_repo.app, name="config")
 app.command("lb-config")(lb.lb_config)
 app.command("healthcheck")(healthcheck_cli.healthcheck)
 app.add_typer(credentials.app, name="credentials")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -27,6 +28,9 @@ from conveyor.metrics import Metrics
 from conveyor.store import Store
 from conveyor.store.records import BuildRecord
 from conveyor.store.store import NewBuild, NewStep
+
+if TYPE_CHECKING:
+    from conveyor.controller.scm import ScmBuilds
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +72,8 @@ class BuildService:
         self._background: set[asyncio.Task[None]] = set()
         #: Log bytes per build when the job sets no log_limit (settings.log_limit_mb).
         self.default_log_limit: int | None = None
+        # Jobs with a repository are planned by ScmBuilds (set by the runtime).
+        self.scm: ScmBuilds | None = None
 
     async def trigger(
         self,
@@ -78,6 +84,8 @@ class BuildService:
     ) -> BuildRecord:
         job = await self.store.get_job(job_name)
         pipeline = parse_pipeline(job.spec, f"{job.name}.yml")
+        if pipeline.scm is not None and self.scm is not None:
+            return await self.scm.trigger(job, pipeline, parameters, trigger, priority)
         try:
             plan = plan_build(pipeline, parameters)
         except ParameterError as exc:

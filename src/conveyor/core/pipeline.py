@@ -34,6 +34,7 @@ from conveyor.core.notifications import NotifyEntry
 from conveyor.core.planner import ParameterError, plan_build, resolve_parameters
 from conveyor.core.publish import PublishSpec
 from conveyor.core.retention import RetentionSpec
+from conveyor.core.scm import ScmSpec, TriggersSpec
 
 __all__ = [
     "MAX_SPEC_BYTES",
@@ -405,7 +406,9 @@ class Pipeline(_Model):
     retry_lost: Retry = 1
     parameters: list[Parameter] = Field(default_factory=list)
     environment: Environment = Field(default_factory=dict)
-    stages: list[Stage] = Field(min_length=1)
+    # Empty only for a job whose pipeline lives in its repository (``scm`` without
+    # ``stages``: read from ``scm.path`` at the built commit; docs/scm.md).
+    stages: list[Stage] = Field(default_factory=list, min_length=1)
     post: Post = Field(default_factory=Post)
     # Who is told when a build ends: [{on: [failure, fixed], notifier: NAME}]; the
     # notifiers themselves are configured on the controller (docs/notifications.md).
@@ -416,6 +419,19 @@ class Pipeline(_Model):
     retention: RetentionSpec | None = None
     # Most log bytes per build, e.g. "200MB" (docs/storage.md); default: the controller's.
     log_limit: Annotated[int, BeforeValidator(parse_size)] | None = None
+    scm: ScmSpec | None = None  # the repository the build checks out (docs/scm.md)
+    triggers: TriggersSpec | None = None  # cron, polling, upstream (docs/triggers.md)
+
+    @model_validator(mode="after")
+    def _stages_unless_from_scm(self) -> Pipeline:
+        if not self.stages and self.scm is None:
+            raise _error("stages", "missing required field 'stages'")
+        return self
+
+    @property
+    def from_scm(self) -> bool:
+        """Whether the stages are read from the repository at build time."""
+        return self.scm is not None and not self.stages
 
     @field_validator("name")
     @classmethod

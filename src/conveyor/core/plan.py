@@ -61,6 +61,18 @@ class StagePlan(BaseModel):
     skip_reason: str | None = None
 
 
+class CheckoutPlan(BaseModel):
+    """The commit an agent checks out into the workspace before the first stage
+    (jobs with ``scm``; docs/scm.md). ``credential`` is an id, never a secret."""
+
+    url: str
+    commit: str
+    branch: str | None = None
+    credential: str | None = None
+    author: str | None = None
+    subject: str | None = None
+
+
 class BuildPlan(BaseModel):
     stages: list[StagePlan] = Field(default_factory=list)
     post: dict[PostCondition, list[StepPlan]] = Field(default_factory=dict)
@@ -72,6 +84,8 @@ class BuildPlan(BaseModel):
     def credential_ids(self) -> list[str]:
         """Every credential id some step of this plan binds, sorted."""
         return sorted({c.id for step, _ in self.iter_steps() for c in step.credentials})
+
+    checkout: CheckoutPlan | None = None  # jobs with a repository: the commit to build
 
     def iter_steps(self) -> Iterator[tuple[StepPlan, bool]]:
         """Every step, in display order, with whether it is skipped."""
