@@ -62,6 +62,15 @@ class Settings(BaseSettings):
         "never count",
     )
 
+    autoscale_interval: float = Field(
+        default=5.0, gt=0, description="seconds between autoscaler steps (docs/scaling.md)"
+    )
+    agent_launch_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="seconds a provider-started agent has to register before it is deleted",
+    )
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

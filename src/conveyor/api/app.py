@@ -19,6 +19,7 @@ from conveyor.api import (
     routes_jobs,
     routes_metrics,
     routes_notifications,
+    routes_pools,
 )
 from conveyor.api.errors import install_error_handlers, problem
 from conveyor.api.middleware import RequestMiddleware
@@ -77,5 +78,6 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
     app.include_router(routes_agents.router)
     app.include_router(routes_cluster.router)
     app.include_router(routes_notifications.router)
+    app.include_router(routes_pools.router)
     app.include_router(agent_protocol.router)
     return app

@@ -203,6 +203,8 @@ class AgentOut(BaseModel):
     last_seen_at: datetime
     cpu_percent: int | None
     memory_percent: int | None
+    pool: str | None = None
+    ephemeral: bool = False
 
     @classmethod
     def of(cls, a: AgentRecord) -> AgentOut:
@@ -219,6 +221,8 @@ class AgentOut(BaseModel):
             last_seen_at=a.last_seen_at,
             cpu_percent=a.cpu_percent,
             memory_percent=a.memory_percent,
+            pool=a.pool,
+            ephemeral=a.ephemeral,
         )
 
 

@@ -51,6 +51,12 @@ def agent(
         str | None,
         typer.Option(envvar="CONVEYOR_LOG_FORMAT", help="console (default) or json lines"),
     ] = None,
+    pool: Annotated[
+        str | None, typer.Option(help="the agent pool this agent belongs to (docs/scaling.md)")
+    ] = None,
+    ephemeral: Annotated[
+        bool, typer.Option("--ephemeral", help="take one build, then exit (1 executor)")
+    ] = False,
 ) -> None:
     """Run a build agent that connects out to the controller (no subcommand)."""
     if ctx.invoked_subcommand is not None:
@@ -75,7 +81,11 @@ def agent(
         workdir=workdir,
         keep_workspaces=keep_workspaces,
         max_outbox_bytes=outbox_limit_mb * 1024 * 1024,
+        pool=pool,
+        ephemeral=ephemeral,
     )
+    if ephemeral:
+        config.executors = 1
 
     async def main() -> None:
         runner = Agent(config)

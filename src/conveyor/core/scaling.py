@@ -44,12 +44,14 @@ __all__ = [
     "Period",
     "PolicyError",
     "PoolSnapshot",
+    "PoolSpec",
     "ScalingPolicy",
     "ScalingState",
     "WaitingBuild",
     "decide",
     "effective_bounds",
     "parse_policy",
+    "parse_pool_document",
 ]
 
 
@@ -481,3 +483,96 @@ def decide(
             new_state=replace(state, last_scale_down_at=now),
         )
     return make(current, "none", "no rule applies")
+
+
+# ------------------------------------------------------------------ pool documents
+
+POOL_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,49}$"
+PROVIDER_KINDS = ("local", "command", "docker", "kubernetes")
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A pool as a user writes it (YAML file, API body): checked, not yet stored."""
+
+    name: str
+    labels: tuple[str, ...]
+    min_size: int
+    max_size: int
+    executors: int
+    provider: str
+    provider_config: dict[str, Any]
+    policy: dict[str, Any]
+    ephemeral: bool
+
+    def scaling_policy(self) -> ScalingPolicy:
+        return parse_policy({**self.policy, "min": self.min_size, "max": self.max_size})
+
+
+def parse_pool_document(document: Any) -> PoolSpec:
+    """A :class:`PoolSpec` from its YAML/JSON form (docs/scaling.md); PolicyError
+    says what is wrong. ``min``/``max`` live at the top level (or in ``policy``)."""
+    import re
+
+    from conveyor.core.labels import is_valid_label
+
+    if not isinstance(document, dict):
+        raise PolicyError("a pool is a mapping (name, labels, min, max, provider, policy…)")
+    allowed = {
+        "name",
+        "labels",
+        "min",
+        "max",
+        "executors",
+        "provider",
+        "provider_config",
+        "policy",
+        "ephemeral",
+    }
+    unknown = set(document) - allowed
+    if unknown:
+        raise PolicyError(f"unknown pool field(s): {', '.join(sorted(unknown))}")
+    name = document.get("name")
+    if not isinstance(name, str) or not re.match(POOL_NAME_PATTERN, name):
+        raise PolicyError(
+            f"pool name {name!r}: lowercase letters, digits and '-', at most 50 characters"
+        )
+    labels = document.get("labels", [])
+    if isinstance(labels, str):
+        labels = [part.strip() for part in labels.split(",") if part.strip()]
+    if not isinstance(labels, list) or not all(
+        isinstance(x, str) and is_valid_label(x) for x in labels
+    ):
+        raise PolicyError(f"labels must be a list of valid labels, not {labels!r}")
+    policy = document.get("policy") or {}
+    if not isinstance(policy, dict):
+        raise PolicyError("policy must be a mapping")
+    policy = dict(policy)
+    lo = document.get("min", policy.pop("min", 0))
+    hi = document.get("max", policy.pop("max", 4))
+    policy.pop("min", None)
+    policy.pop("max", None)
+    executors = document.get("executors", 1)
+    if isinstance(executors, bool) or not isinstance(executors, int) or not 1 <= executors <= 64:
+        raise PolicyError(f"executors must be a whole number from 1 to 64, not {executors!r}")
+    provider = document.get("provider", "local")
+    if provider not in PROVIDER_KINDS:
+        raise PolicyError(f"provider {provider!r}: use one of {', '.join(PROVIDER_KINDS)}")
+    provider_config = document.get("provider_config") or {}
+    if not isinstance(provider_config, dict):
+        raise PolicyError("provider_config must be a mapping")
+    ephemeral = document.get("ephemeral", False)
+    if not isinstance(ephemeral, bool):
+        raise PolicyError("ephemeral must be true or false")
+    checked = parse_policy({**policy, "min": lo, "max": hi})
+    return PoolSpec(
+        name=name,
+        labels=tuple(sorted(set(labels))),
+        min_size=checked.min_size,
+        max_size=checked.max_size,
+        executors=executors,
+        provider=provider,
+        provider_config=dict(provider_config),
+        policy=policy,
+        ephemeral=ephemeral,
+    )

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from conveyor.core.scaling import PROVIDER_KINDS
 from conveyor.errors import InvalidInput
 from conveyor.providers.base import AgentLaunch, Provider, acquire_agent_token
-
-PROVIDER_KINDS = ("local", "command", "docker", "kubernetes")
 
 
 def make_provider(kind: str, config: dict[str, Any], home: Any) -> Provider:

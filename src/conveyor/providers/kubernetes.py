@@ -58,9 +58,7 @@ class KubernetesProvider(Provider):
         }
         unknown = set(config) - allowed
         if unknown:
-            raise InvalidInput(
-                f"kubernetes provider: unknown config {', '.join(sorted(unknown))}"
-            )
+            raise InvalidInput(f"kubernetes provider: unknown config {', '.join(sorted(unknown))}")
         self.api_url = str(config.get("api_url") or "https://kubernetes.default.svc").rstrip("/")
         self.namespace = str(config.get("namespace") or "default")
         self.token = config.get("token")
@@ -96,9 +94,7 @@ class KubernetesProvider(Provider):
         if response.status_code == 404 and method == "DELETE":
             return {}
         if response.status_code >= 400:
-            raise KubernetesError(
-                f"{method} {path}: {response.status_code} {response.text[:500]}"
-            )
+            raise KubernetesError(f"{method} {path}: {response.status_code} {response.text[:500]}")
         return response.json()
 
     def manifest(self, launch: AgentLaunch) -> dict[str, Any]:
@@ -127,9 +123,7 @@ class KubernetesProvider(Provider):
 
     async def create(self, launch: AgentLaunch) -> str:
         pod = self.manifest(launch)
-        created = await self._request(
-            "POST", f"/api/v1/namespaces/{self.namespace}/pods", json=pod
-        )
+        created = await self._request("POST", f"/api/v1/namespaces/{self.namespace}/pods", json=pod)
         name = str(created["metadata"]["name"])
         log.info("provider.kubernetes.started", pool=launch.pool, pod=name)
         return name

@@ -40,27 +40,11 @@ class LocalProvider(Provider):
         workdir = self.workdir / launch.agent_name
         workdir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **launch.env, "CONVEYOR_TOKEN": launch.token}
-        logfile = (workdir / "agent.log").open("ab")
-        try:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "conveyor",
-                    *launch.agent_args(),
-                    "--workdir",
-                    str(workdir),
-                ],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=logfile,
-                stderr=subprocess.STDOUT,
-                # Own session: a Ctrl-C in the controller's terminal does not reach it.
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        finally:
-            logfile.close()
+        proc = _spawn(
+            [sys.executable, "-m", "conveyor", *launch.agent_args(), "--workdir", str(workdir)],
+            env,
+            workdir / "agent.log",
+        )
         self.children[proc.pid] = proc
         log.info("provider.local.started", pool=launch.pool, agent=launch.agent_name, pid=proc.pid)
         return str(proc.pid)
@@ -102,6 +86,20 @@ class LocalProvider(Provider):
         """Stop every child (the controller stops; agents must not outlive it)."""
         for pid in list(self.children):
             await self.delete("", str(pid))
+
+
+def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as logfile:
+        return subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            # Own session: a Ctrl-C in the controller's terminal does not reach it.
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
 
 
 def _is_agent_process(pid: int, agent_name: str | None) -> bool:

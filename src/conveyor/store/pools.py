@@ -439,10 +439,9 @@ async def workload(
 ) -> list[tuple[datetime, str | None, float]]:
     """Finished builds as (arrival, label expression, run seconds), oldest first: the
     simulator's trace."""
-    query = select(builds.c.queued_at, builds.c.label_expression, builds.c.started_at,
-                   builds.c.finished_at).where(
-        builds.c.started_at.is_not(None), builds.c.finished_at.is_not(None)
-    )
+    query = select(
+        builds.c.queued_at, builds.c.label_expression, builds.c.started_at, builds.c.finished_at
+    ).where(builds.c.started_at.is_not(None), builds.c.finished_at.is_not(None))
     if since is not None:
         query = query.where(builds.c.queued_at >= since)
     async with store.read() as conn:
@@ -493,7 +492,9 @@ async def record_decision(
             )
         )
         row = (
-            await conn.execute(select(scaling_decisions).where(scaling_decisions.c.id == decision_id))
+            await conn.execute(
+                select(scaling_decisions).where(scaling_decisions.c.id == decision_id)
+            )
         ).one()
     return _decision(row)
 
