@@ -24,6 +24,7 @@ from conveyor.store.pools import (
     list_instances,
     list_pools,
     update_pool,
+    workload,
 )
 
 router = APIRouter(tags=["pools"])
@@ -240,3 +241,24 @@ async def agent_self_drain(agent_id: int, runtime: RuntimeDep, _: CallerDep) -> 
     """An agent asks to take no new build (an ephemeral agent, once it has its one)."""
     await runtime.store.set_agent_draining(agent_id, True)
     return {"draining": True}
+
+
+class WorkloadRow(BaseModel):
+    arrival: datetime
+    label: str | None
+    duration: float
+
+
+@router.get("/api/v1/scaling/workload")
+async def scaling_workload(
+    runtime: RuntimeDep,
+    _: CallerDep,
+    since: datetime | None = None,
+    limit: int = Query(default=100_000, ge=1, le=1_000_000),
+) -> list[WorkloadRow]:
+    """The recorded workload (finished builds: arrival, label expression, run time),
+    oldest first: what `conveyor scaling trace` writes for the simulator."""
+    if since is not None and since.tzinfo is None:
+        raise InvalidInput("since must carry a time zone, e.g. 2026-12-01T00:00:00Z")
+    rows = await workload(runtime.store, since)
+    return [WorkloadRow(arrival=a, label=label, duration=d) for a, label, d in rows[:limit]]

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from conveyor import __version__
-from conveyor.cli import agent, blobs, builds, cluster, jobs, lb
+from conveyor.cli import agent, blobs, builds, cluster, jobs, lb, pools, scaling
 from conveyor.core.dispatch import Strategy
 
 app = typer.Typer(
@@ -23,6 +23,8 @@ app.add_typer(agent.app, name="agent")
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(blobs.app, name="blobs")
 app.command("lb-config")(lb.lb_config)
+app.add_typer(pools.app, name="pool")
+app.add_typer(scaling.app, name="scaling")
 
 HomeOpt = Annotated[
     Path, typer.Option(envvar="CONVEYOR_HOME", help="state folder (SQLite, blobs, tokens)")

@@ -31,6 +31,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -73,9 +74,15 @@ class Period:
     max_size: int | None = None
 
     def matches(self, now: datetime) -> bool:
-        local = now.astimezone(ZoneInfo(self.timezone))
-        # croniter.match compares the minute fields; seconds are ignored.
-        return bool(croniter.match(self.cron, local.replace(tzinfo=None)))
+        return _cron_matches(self.cron, self.timezone, now.replace(second=0, microsecond=0))
+
+
+@lru_cache(maxsize=4096)
+def _cron_matches(cron: str, timezone: str, minute: datetime) -> bool:
+    """Whether ``cron`` matches ``minute`` read in ``timezone`` (cached: the simulator
+    asks for the same minutes again and again)."""
+    local = minute.astimezone(ZoneInfo(timezone))
+    return bool(croniter.match(cron, local.replace(tzinfo=None)))
 
 
 @dataclass(frozen=True)
