@@ -86,16 +86,27 @@ def test_executor_utilization_grows_by_one() -> None:
     assert "utilization 75%" in d.reason
 
 
-def test_cpu_and_memory_rules() -> None:
+def test_cpu_and_memory_rules_on_busy_agents_while_builds_wait() -> None:
     policy = ScalingPolicy(min_size=1, max_size=5, scale_up_utilization=None)
-    hot = pool(agent(1, cpu_percent=90), agent(2, cpu_percent=75))
-    d = decide(policy, hot, [], NOW, ScalingState())
+    queue = waiting(1, seconds=1)
+    hot = pool(
+        agent(1, busy=1, executors=2, cpu_percent=90), agent(2, busy=1, executors=2, cpu_percent=75)
+    )
+    d = decide(policy, hot, queue, NOW, ScalingState())
     assert (d.target, d.rule) == (3, "cpu")
-    full = pool(agent(1, memory_percent=90), agent(2, memory_percent=85))
-    d = decide(policy, full, [], NOW, ScalingState())
+    assert "average CPU 82 % > 80 % on busy agents" in d.reason
+    full = pool(
+        agent(1, busy=1, executors=2, memory_percent=90),
+        agent(2, busy=1, executors=2, memory_percent=85),
+    )
+    d = decide(policy, full, queue, NOW, ScalingState())
     assert (d.target, d.rule) == (3, "memory")
-    calm = pool(agent(1, cpu_percent=80, memory_percent=85, idle=1))
-    assert decide(policy, calm, [], NOW, ScalingState()).rule == "none"
+    calm = pool(agent(1, busy=1, executors=2, cpu_percent=80, memory_percent=85))
+    assert decide(policy, calm, queue, NOW, ScalingState()).rule == "none"
+    # A hot host with nothing waiting, or hot idle agents: no reason to grow.
+    assert decide(policy, hot, [], NOW, ScalingState()).target == 2
+    idle_hot = pool(agent(1, cpu_percent=99, idle=1), agent(2, busy=1, executors=2, cpu_percent=10))
+    assert decide(policy, idle_hot, queue, NOW, ScalingState()).target == 2
 
 
 def test_api_latency_rule_only_when_configured() -> None:

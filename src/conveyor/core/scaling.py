@@ -14,9 +14,9 @@ Rules, in the order they are weighed:
 * **bounds** — below min: grow to min at once; above max: shrink to max (idle agents
   are stopped, busy ones drained, never stopped);
 * **scale up** (outside the up-cooldown) — builds for a label the pool serves waited
-  longer than T; executor utilization at or above a threshold; average agent CPU
-  above 80 % or memory above 85 %; API latency above a threshold. The biggest
-  proposal wins;
+  longer than T; executor utilization at or above a threshold (while builds wait);
+  average CPU above 80 % or memory above 85 % on the busy agents (while builds
+  wait); API latency above a threshold. The biggest proposal wins;
 * **scale down** (outside the down-cooldown, which also follows any scale-up) —
   agents idle longer than the idle time, at most K per decision, ephemeral first,
   then the newest, so long-lived agents stay.
@@ -353,14 +353,19 @@ def _scale_up_proposals(
                     f"executor utilization {used:.0%} ≥ {policy.scale_up_utilization:.0%}",
                 )
             )
-    cpu = _average([a.cpu_percent for a in active])
+    # Saturated hosts are a reason to grow only while work waits for this pool: an
+    # agent more does not make an idle pool's host any cooler.
+    loaded = [a for a in active if a.busy] if served else []
+    cpu = _average([a.cpu_percent for a in loaded])
     if policy.cpu_percent_high is not None and cpu is not None and cpu > policy.cpu_percent_high:
         out.append(
             _Proposal(
-                current + 1, "cpu", f"average CPU {cpu:.0f} % > {policy.cpu_percent_high:g} %"
+                current + 1,
+                "cpu",
+                f"average CPU {cpu:.0f} % > {policy.cpu_percent_high:g} % on busy agents",
             )
         )
-    mem = _average([a.memory_percent for a in active])
+    mem = _average([a.memory_percent for a in loaded])
     if (
         policy.memory_percent_high is not None
         and mem is not None
@@ -370,7 +375,7 @@ def _scale_up_proposals(
             _Proposal(
                 current + 1,
                 "memory",
-                f"average memory {mem:.0f} % > {policy.memory_percent_high:g} %",
+                f"average memory {mem:.0f} % > {policy.memory_percent_high:g} % on busy agents",
             )
         )
     if (
