@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-import os
-import time
+import re
 from pathlib import Path
 
 import psutil
@@ -85,8 +84,6 @@ def test_burst_grows_pool_to_max_all_builds_succeed_then_it_shrinks_to_min(
         assert [b["state"] for b in builds] == ["succeeded"] * 30
         # None interrupted: no build lost, cancelled or retried.
         assert all(b["attempt"] == 1 and b.get("retry_of") is None for b in builds)
-        agents_used = {b["agent_name"] for b in builds if b.get("agent_name")} or None
-        del agents_used
 
         # After the idle time the pool gives agents back, one per step, to its min.
         try:
@@ -104,14 +101,20 @@ def test_burst_grows_pool_to_max_all_builds_succeed_then_it_shrinks_to_min(
         pool = _pool(c)
         # The long-lived first agent is the one kept (newest go first).
         assert [a["name"] for a in pool["agents"] if a["state"] == "online"] == [first]
-        decisions = c.get("/api/v1/pools/elastic/decisions", params={"limit": 500}).json()
+
+        def decisions_with_3_removed() -> list[dict]:  # type: ignore[type-arg]
+            # The decision is stored just after its agent is stopped: wait for it.
+            found = c.get("/api/v1/pools/elastic/decisions", params={"limit": 500}).json()
+            return found if sum(len(d["removed"]) for d in found) == 3 else []
+
+        decisions = wait_until(decisions_with_3_removed, 30, what="3 removals recorded")
         rules = [d["rule"] for d in decisions]
         assert "wait" in rules and "idle" in rules
         grow = next(d for d in reversed(decisions) if d["rule"] == "wait")
-        assert grow["reason"].startswith("pool elastic 1 → ")
-        assert "builds waited > 1 s for `elastic`" in grow["reason"]
+        assert re.fullmatch(
+            r"pool elastic (\d) → (\d): \d+ builds waited > 1 s for `elastic`", grow["reason"]
+        ), grow["reason"]
         shrink = [d for d in decisions if d["removed"]]
-        assert sum(len(d["removed"]) for d in shrink) == 3
         assert all(len(d["removed"]) == 1 for d in shrink)  # gradual: K = 1
 
     # The stopped agents' processes are gone; the kept one still runs.
@@ -128,6 +131,3 @@ def _agent_pids(home: Path) -> set[int]:
         if "agent" in cmdline and any(marker in part for part in cmdline):
             found.add(proc.info["pid"])
     return found
-
-
-del os, time
