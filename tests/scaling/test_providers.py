@@ -252,7 +252,10 @@ def test_ephemeral_pool_one_build_per_agent_on_kubernetes(
             )
         assert len(kube.workloads) == 3
         wait_until(lambda: not any(p.running for p in kube.workloads.values()), 30)
-        assert all(p.proc and p.proc.returncode == 0 for p in kube.workloads.values())
+        # Each one said it was done after its build (the autoscaler may also have
+        # stopped it, idle and drained, while it was exiting anyway).
+        for name in kube.workloads:
+            assert "agent.ephemeral_done" in (tmp_path / "k8s" / f"{name}.log").read_text()
     finally:
         kube.close()
 
@@ -287,12 +290,12 @@ def test_pool_api_refuses_bad_input_and_stores_nothing(controller: Controller) -
             ({"name": "p", "provider": "command"}, 400, "'command'"),
             ({"name": "p", "policy": {"periods": [{"cron": "nope"}]}}, 400, "invalid cron"),
             ({"name": "p", "labels": ["a b"]}, 400, "labels"),
-            ({"name": "p", "min": "x"}, 422, ""),
+            ({"name": "p", "min": "x"}, 400, "min"),
         ]:
             r = c.post("/api/v1/pools", json=body)
             assert r.status_code == status, (body, r.text)
             assert r.headers["content-type"].startswith("application/problem+json")
-            assert text in r.json()["detail"] or status == 422
+            assert text in r.json()["detail"]
         assert c.get("/api/v1/pools").json() == []
         assert c.get("/api/v1/pools/nope").status_code == 404
         assert c.get("/api/v1/pools/nope/decisions").status_code == 404
