@@ -158,6 +158,15 @@ def test_idle_agents_go_gradually_ephemeral_first_then_newest() -> None:
     assert later.remove == (2,) and later.target == 1  # never below min; the oldest stays
 
 
+def test_no_scale_down_while_builds_for_the_pool_are_queued() -> None:
+    policy = ScalingPolicy(min_size=0, max_size=9, scale_down_idle_seconds=300)
+    p = pool(agent(1), agent(2))
+    d = decide(policy, p, waiting(1, seconds=1), NOW, ScalingState())
+    assert d.rule == "busy" and not d.remove and d.target == 2
+    other = decide(policy, p, waiting(1, seconds=1, expr="windows"), NOW, ScalingState())
+    assert other.rule == "idle" and len(other.remove) == 1
+
+
 def test_agents_not_idle_long_enough_or_busy_stay() -> None:
     policy = ScalingPolicy(min_size=0, max_size=9, scale_down_idle_seconds=300)
     p = pool(agent(1, idle=100), agent(2, busy=1))

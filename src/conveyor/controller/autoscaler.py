@@ -75,6 +75,7 @@ class Autoscaler:
         latency: Callable[[], float | None] | None = None,
         launch_timeout: float = DEFAULT_LAUNCH_TIMEOUT,
         on_decision: Callable[[ScalingDecisionRecord], Any] | None = None,
+        provider_factory: Callable[[PoolRecord], Provider] | None = None,
     ) -> None:
         self.store = store
         self.lease = lease
@@ -87,6 +88,9 @@ class Autoscaler:
         self.launch_timeout = launch_timeout
         #: Hook for the audit log (see docs/scaling.md); called with every stored decision.
         self.on_decision = on_decision
+        self.provider_factory = provider_factory or (
+            lambda pool: make_provider(pool.provider, pool.provider_config, self.home)
+        )
         self.providers: dict[str, tuple[str, Provider]] = {}
         self._last_reason: dict[str, str] = {}
 
@@ -95,10 +99,7 @@ class Autoscaler:
         key = repr((pool.provider, sorted(pool.provider_config.items())))
         cached = self.providers.get(pool.name)
         if cached is None or cached[0] != key:
-            self.providers[pool.name] = (
-                key,
-                make_provider(pool.provider, pool.provider_config, self.home),
-            )
+            self.providers[pool.name] = (key, self.provider_factory(pool))
         return self.providers[pool.name][1]
 
     async def run_once(self) -> list[ScalingDecisionRecord]:

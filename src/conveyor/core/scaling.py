@@ -161,7 +161,9 @@ class Decision:
     remove: tuple[int, ...]
     #: Busy agents to drain (they finish their builds, take no new one; stopped later).
     drain: tuple[int, ...]
-    rule: str  # schedule-min | max | wait | utilization | cpu | memory | latency | idle | none
+    #: min | max | schedule-min | schedule-max | wait | utilization | cpu | memory |
+    #: latency | idle | cooldown | busy | none
+    rule: str
     reason: str
     state: ScalingState
     period: str | None = None
@@ -484,6 +486,9 @@ def decide(
         if a.busy == 0 and a.idle_since is not None and _since(now, a.idle_since) >= idle_for
     ]
     if idle and current > lo:
+        if any(_serves(pool.labels, b.label_expression) for b in queue):
+            # Builds for this pool are queued: an idle agent is about to get one.
+            return make(current, "busy", f"{len(idle)} idle agent(s), but builds are queued")
         if _since(now, last_change) < policy.scale_down_cooldown_seconds:
             return make(current, "cooldown", f"{len(idle)} idle agent(s), in cooldown")
         chosen = _removal_order(idle)[: min(policy.max_scale_down_step, current - lo)]
