@@ -11,7 +11,7 @@ from conveyor.controller.leader import LeaderLease
 from conveyor.core.states import BuildState
 from conveyor.providers.base import AgentLaunch, Provider
 from conveyor.store import Store
-from conveyor.store.pools import create_pool, list_instances, set_agent_pool
+from conveyor.store.pools import create_pool, list_decisions, list_instances, set_agent_pool
 from conveyor.store.store import JobFields, NewBuild
 from tests.conftest import FakeClock
 
@@ -42,7 +42,7 @@ class RecordingProvider(Provider):
 
 def autoscaler(store: Store, clock: FakeClock, holder: str, provider: Provider) -> Autoscaler:
     lease = LeaderLease(store, holder, 5.0, clock)
-    return Autoscaler(
+    scaler = Autoscaler(
         store,
         lease,
         clock,
@@ -51,6 +51,16 @@ def autoscaler(store: Store, clock: FakeClock, holder: str, provider: Provider) 
         controller_id=holder,
         provider_factory=lambda pool: provider,
     )
+    step = scaler.run_once
+
+    async def renew_then_step() -> list[Any]:
+        # The fake clock jumps: renew the lease as its loop would have meanwhile.
+        if scaler.lease.is_leader:
+            await scaler.lease.run_once()
+        return await step()
+
+    scaler.run_once = renew_then_step  # type: ignore[method-assign]
+    return scaler
 
 
 async def make_pool(store: Store, clock: FakeClock, min_size: int = 1, **policy: Any) -> None:
@@ -216,3 +226,18 @@ async def test_a_drained_agent_that_got_a_build_is_not_stopped_until_idle(
     clock.advance(1)
     [stop] = await a.run_once()
     assert stop.removed == [provider.launches[0].agent_name] and provider.deleted == ["i-1"]
+
+
+async def test_a_deposed_leader_neither_acts_nor_records(store: Store, clock: FakeClock) -> None:
+    await make_pool(store, clock)
+    provider = RecordingProvider()
+    a = autoscaler(store, clock, "a", provider)
+    assert await a.lease.run_once()
+    # a pauses; its lease expires and b takes over, while a still believes it leads.
+    clock.advance(10)
+    b = autoscaler(store, clock, "b", RecordingProvider())
+    assert await b.lease.run_once()
+    assert a.lease.fence is not None
+    assert await Autoscaler.run_once(a) == []  # no renewal: a still believes it leads
+    assert provider.launches == []
+    assert await list_decisions(store, "linux") == []

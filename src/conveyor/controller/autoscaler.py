@@ -47,6 +47,7 @@ from conveyor.store.pools import (
     PoolRecord,
     ScalingDecisionRecord,
     add_instance,
+    check_leader,
     list_instances,
     list_pools,
     pool_agents,
@@ -55,6 +56,7 @@ from conveyor.store.pools import (
     remove_instance,
 )
 from conveyor.store.schema import agents
+from conveyor.store.store import FencedOut
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +112,9 @@ class Autoscaler:
         for pool in await list_pools(self.store):
             try:
                 record = await self.step(pool)
+            except FencedOut:
+                log.warning("autoscaler.not_leader_anymore")
+                break
             except Exception:
                 log.exception("autoscaler.pool_failed", pool=pool.name)
                 continue
@@ -119,6 +124,11 @@ class Autoscaler:
 
     async def step(self, pool: PoolRecord) -> ScalingDecisionRecord | None:
         now = self.clock()
+        fence = self.lease.fence
+        if fence is None:
+            return None
+        # A paused former leader must not start or stop agents: check the epoch first.
+        await check_leader(self.store, fence, now)
         provider = self.provider_for(pool)
         instances = await list_instances(self.store, pool.name)
         registered = {a.name: a for a in await pool_agents(self.store, pool.name)}
@@ -155,7 +165,7 @@ class Autoscaler:
             return None  # nothing happened and nothing new to say: no record
         self._last_reason[pool.name] = decision.reason
         record = await record_decision(
-            self.store, decision, removed, drained, now, self.controller_id
+            self.store, decision, removed, drained, now, self.controller_id, fence
         )
         log.info(
             "autoscaler.decision",

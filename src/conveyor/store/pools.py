@@ -41,7 +41,7 @@ from sqlalchemy.exc import IntegrityError
 from conveyor.core.scaling import Decision, ScalingState
 from conveyor.errors import Conflict, NotFound
 from conveyor.store.schema import Id, agents, builds, metadata
-from conveyor.store.store import ACTIVE, Store
+from conveyor.store.store import ACTIVE, Fence, Store
 from conveyor.store.types import UTCDateTime
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "PoolRecord",
     "ScalingDecisionRecord",
     "add_instance",
+    "check_leader",
     "create_pool",
     "delete_pool",
     "get_pool",
@@ -295,16 +296,10 @@ async def delete_pool(store: Store, name: str) -> None:
         await conn.execute(update(agents).where(agents.c.pool == name).values(pool=None))
 
 
-async def save_state(store: Store, name: str, state: ScalingState) -> None:
+async def check_leader(store: Store, fence: Fence, now: datetime) -> None:
+    """FencedOut unless ``fence`` is still the current leader epoch."""
     async with store.write() as conn:
-        await conn.execute(
-            update(pools)
-            .where(pools.c.name == name)
-            .values(
-                last_scale_up_at=state.last_scale_up_at,
-                last_scale_down_at=state.last_scale_down_at,
-            )
-        )
+        await store._check_fence(conn, fence, now)
 
 
 # --------------------------------------------------------------- instances
@@ -462,9 +457,13 @@ async def record_decision(
     drained: list[str],
     now: datetime,
     controller: str | None,
+    fence: Fence | None = None,
 ) -> ScalingDecisionRecord:
-    """Store a decision and the pool's new scaling state in one transaction."""
+    """Store a decision and the pool's new scaling state in one transaction; with a
+    ``fence``, only while that leader epoch is current (else FencedOut)."""
     async with store.write() as conn:
+        if fence is not None:
+            await store._check_fence(conn, fence, now)
         decision_id = await conn.scalar(
             insert(scaling_decisions)
             .values(
