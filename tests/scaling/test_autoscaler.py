@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from conveyor.controller.autoscaler import Autoscaler
+import pytest
+
+from conveyor.controller.autoscaler import Autoscaler, request_latency
 from conveyor.controller.leader import LeaderLease
 from conveyor.core.states import BuildState
+from conveyor.metrics import Metrics
 from conveyor.providers.base import AgentLaunch, Provider
 from conveyor.store import Store
 from conveyor.store.pools import create_pool, list_decisions, list_instances, set_agent_pool
@@ -241,3 +244,16 @@ async def test_a_deposed_leader_neither_acts_nor_records(store: Store, clock: Fa
     assert await Autoscaler.run_once(a) == []  # no renewal: a still believes it leads
     assert provider.launches == []
     assert await list_decisions(store, "linux") == []
+
+
+def test_request_latency_is_the_mean_since_the_last_reading_without_long_polls() -> None:
+    metrics = Metrics("c1")
+    latency = request_latency(metrics)
+    assert latency() is None  # no requests yet
+    metrics.observe_http("GET", "/api/v1/builds", 200, 0.2)
+    metrics.observe_http("GET", "/api/v1/jobs", 200, 0.4)
+    metrics.observe_http("POST", "/agent/v1/agents/{agent_id}/poll", 200, 25.0)
+    assert latency() == pytest.approx(0.3)
+    assert latency() is None  # nothing new since
+    metrics.observe_http("GET", "/api/v1/builds", 200, 1.0)
+    assert latency() == pytest.approx(1.0)

@@ -101,7 +101,7 @@ def agent(
 def list_agents(url: UrlOpt = None, token: TokenOpt = None) -> None:
     """List agents with their state and load."""
     client = ApiClient.from_options(url, token)
-    table = Table("id", "name", "state", "busy", "labels", "cpu %", "mem %", "last seen")
+    table = Table("id", "name", "state", "busy", "labels", "pool", "cpu %", "mem %", "last seen")
     for a in client.json("GET", "/api/v1/agents"):
         table.add_row(
             str(a["id"]),
@@ -109,6 +109,7 @@ def list_agents(url: UrlOpt = None, token: TokenOpt = None) -> None:
             a["state"],
             f"{a['busy']}/{a['executors']}",
             ",".join(a["labels"]),
+            a.get("pool") or "",
             "" if a["cpu_percent"] is None else str(a["cpu_percent"]),
             "" if a["memory_percent"] is None else str(a["memory_percent"]),
             a["last_seen_at"],

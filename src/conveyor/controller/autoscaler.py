@@ -28,7 +28,6 @@ from sqlalchemy import update
 
 from conveyor.controller.clock import Clock
 from conveyor.controller.leader import LeaderLease
-from conveyor.controller.wakeups import Wakeups
 from conveyor.core.scaling import (
     AgentView,
     Decision,
@@ -72,7 +71,6 @@ class Autoscaler:
         clock: Clock,
         controller_url: str,
         home: Path,
-        wakeups: Wakeups | None = None,
         controller_id: str | None = None,
         latency: Callable[[], float | None] | None = None,
         launch_timeout: float = DEFAULT_LAUNCH_TIMEOUT,
@@ -84,7 +82,6 @@ class Autoscaler:
         self.clock = clock
         self.controller_url = controller_url
         self.home = home
-        self.wakeups = wakeups
         self.controller_id = controller_id
         self.latency = latency or (lambda: None)
         self.launch_timeout = launch_timeout
