@@ -135,8 +135,19 @@ def simulate(
 
     builds = read_trace(trace_file)
     pool = read_pool(policy)
-    with out.status(f"simulating {len(builds)} builds through pool {pool.name}…"):
-        result = run(pool, builds, interval=interval, startup_seconds=startup)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), console=out, transient=True
+    ) as progress:
+        task = progress.add_task("builds", total=len(builds))
+        result = run(
+            pool,
+            builds,
+            interval=interval,
+            startup_seconds=startup,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
     served = len(result.waits)
     left_out = (
         f", {result.skipped} left out: labels the pool does not serve" if result.skipped else ""

@@ -16,6 +16,7 @@ import heapq
 import itertools
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -98,8 +99,10 @@ def simulate(
     trace: list[TraceBuild],
     interval: float = 10.0,
     startup_seconds: float = 30.0,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> SimulationResult:
-    """Replay ``trace`` (any order) through ``pool``'s policy."""
+    """Replay ``trace`` (any order) through ``pool``'s policy. ``on_progress(done,
+    total)`` is told as builds finish (for a progress bar)."""
     policy = pool.scaling_policy()
     labels = frozenset(pool.labels)
     served: list[TraceBuild] = []
@@ -173,6 +176,8 @@ def simulate(
             agent.running.remove(min(agent.running))
             agent.builds_done += 1
             remaining -= 1
+            if on_progress is not None:
+                on_progress(len(served) - remaining, len(served))
             if not agent.running:
                 agent.idle_since = now
                 if agent.ephemeral:
