@@ -123,3 +123,24 @@ def test_trace_exported_from_a_controller_replays(tmp_path: Path) -> None:
     finally:
         agent.stop()
         controller.stop()
+
+
+def test_simulated_ephemeral_agents_take_one_build_each() -> None:
+    pool = parse_pool_document(
+        {
+            "name": "p",
+            "labels": ["linux"],
+            "min": 0,
+            "max": 10,
+            "executors": 4,  # ignored: an ephemeral agent has one executor
+            "ephemeral": True,
+            "policy": {"scale_up_wait_seconds": 0, "scale_up_cooldown_seconds": 0},
+        }
+    )
+    t0 = datetime(2026, 12, 2, 9, tzinfo=UTC)
+    trace = [TraceBuild(t0, "linux", 60) for _ in range(6)]
+    result = simulate(pool, trace, interval=5, startup_seconds=10)
+    assert len(result.waits) == 6
+    assert result.peak_agents == 6
+    # Each agent lives from its request to the end of its one build: ~70 s each.
+    assert 6 * 60 / 3600 < result.agent_hours < 6 * 90 / 3600

@@ -143,7 +143,7 @@ class Autoscaler:
             labels=frozenset(pool.labels),
             agents=tuple(views),
             pending=len(pending),
-            executors_per_agent=pool.executors,
+            executors_per_agent=1 if pool.ephemeral else pool.executors,
         )
         queue = [
             WaitingBuild(expr, max(0.0, (now - queued_at).total_seconds()))

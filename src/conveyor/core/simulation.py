@@ -200,7 +200,9 @@ def simulate(
                 if a.ready_at <= now
             )
             pending = sum(1 for a in live() if a.ready_at > now)
-            snapshot = PoolSnapshot(pool.name, labels, views, pending, pool.executors)
+            snapshot = PoolSnapshot(
+                pool.name, labels, views, pending, 1 if pool.ephemeral else pool.executors
+            )
             waiting = [
                 WaitingBuild(b.label_expression, (now - b.arrival).total_seconds()) for b in queue
             ]
