@@ -91,7 +91,7 @@ class Autoscaler:
             lambda pool: make_provider(pool.provider, pool.provider_config, self.home)
         )
         self.providers: dict[str, tuple[str, Provider]] = {}
-        self._last_reason: dict[str, str] = {}
+        self._last_kind: dict[str, tuple[str, int, int]] = {}
 
     def provider_for(self, pool: PoolRecord) -> Provider:
         """One provider per pool, rebuilt when the pool's provider settings change."""
@@ -156,11 +156,14 @@ class Autoscaler:
             return None
         decision = decide(policy, snapshot, queue, now, pool.state, self.latency())
         removed, drained = await self._apply(pool, provider, decision, registered, by_name)
+        # A decision that changes nothing is recorded only when its kind is new (not
+        # once per step while, say, builds keep waiting at the pool's maximum).
+        kind = (decision.rule, decision.current, decision.target)
         if not (decision.changed or removed or drained) and (
-            self._last_reason.get(pool.name) == decision.reason or decision.rule == "none"
+            self._last_kind.get(pool.name) == kind or decision.rule == "none"
         ):
-            return None  # nothing happened and nothing new to say: no record
-        self._last_reason[pool.name] = decision.reason
+            return None
+        self._last_kind[pool.name] = kind
         record = await record_decision(
             self.store, decision, removed, drained, now, self.controller_id, fence
         )
