@@ -13,6 +13,7 @@ from pathlib import Path
 import structlog
 
 from conveyor.blobs import BlobStore, FolderBlobStore, open_blob_store
+from conveyor.controller.autoscaler import Autoscaler, request_latency
 from conveyor.controller.builds import BuildService
 from conveyor.controller.clock import Clock, utcnow
 from conveyor.controller.config_apply import ConfigApplier
@@ -71,6 +72,7 @@ class Runtime:
     loops: list[LoopRunner] = field(default_factory=list)
     first_admin_token: str | None = None
     credentials: CredentialVault | None = None  # the encrypted credentials store
+    autoscaler: Autoscaler | None = None
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock = utcnow) -> Runtime:
@@ -161,6 +163,9 @@ class Runtime:
             LoopRunner("history-retention", history.run_once, RETENTION_INTERVAL),
             LoopRunner("reaper", self.reaper.run_once, min(5.0, self.settings.agent_timeout / 3)),
             LoopRunner("metrics", self.metrics_updater.run_once, MetricsUpdater.INTERVAL),
+            LoopRunner(
+                "autoscaler", self.make_autoscaler().run_once, self.settings.autoscale_interval
+            ),
         ]
         if self.triggers is not None:
             self.loops.append(
@@ -173,9 +178,27 @@ class Runtime:
         for loop in self.loops:
             loop.start()
 
+    def make_autoscaler(self) -> Autoscaler:
+        """The autoscaler (leader only, like the reaper); kept for tests to step."""
+        if self.autoscaler is None:
+            settings = self.settings
+            self.autoscaler = Autoscaler(
+                self.store,
+                self.lease,
+                self.clock,
+                controller_url=settings.public_url or f"http://{settings.host}:{settings.port}",
+                home=settings.home,
+                controller_id=self.controller_id,
+                latency=request_latency(self.metrics),
+                launch_timeout=settings.agent_launch_timeout,
+            )
+        return self.autoscaler
+
     async def stop(self) -> None:
         for loop in self.loops:
             await loop.stop()
+        if self.autoscaler is not None:
+            await self.autoscaler.close()  # local agents do not outlive their controller
         await self.builds.drain()
         await self.notifier.close()
         try:

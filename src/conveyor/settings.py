@@ -118,6 +118,14 @@ class Settings(BaseSettings):
     config_sync_interval: float | None = Field(
         default=None, gt=0, description="seconds between config repository syncs; unset: off"
     )
+    autoscale_interval: float = Field(
+        default=5.0, gt=0, description="seconds between autoscaler steps (docs/scaling.md)"
+    )
+    agent_launch_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="seconds a provider-started agent has to register before it is deleted",
+    )
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -64,6 +64,10 @@ class AgentConfig:
     kill_grace: float = 3.0
     #: Bound on build output buffered on disk for delivery (all builds together).
     max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES
+    #: The pool this agent belongs to (elastic agents, docs/scaling.md).
+    pool: str | None = None
+    #: Take one build, then exit (its executors are 1).
+    ephemeral: bool = False
 
 
 #: On stop, builds whose executors ended get this long to deliver their outbox;
@@ -102,6 +106,7 @@ class Agent:
         self._delivering: set[str] = set()  # executor done, outbox not delivered yet
         self.heartbeat_interval = 3.0
         self.poll_timeout = 25.0
+        self._took_build = False
 
     async def register(self) -> int:
         answer = await self.client.call(
@@ -112,6 +117,8 @@ class Agent:
                 "labels": self.config.labels,
                 "executors": self.config.executors,
                 "version": __version__,
+                **({"pool": self.config.pool} if self.config.pool else {}),
+                **({"ephemeral": True} if self.config.ephemeral else {}),
             },
         )
         self.client.agent_id = self.delivery_client.agent_id = int(answer["agent_id"])
@@ -240,6 +247,9 @@ class Agent:
             aid = item["assignment_id"]
             if aid in self.running:
                 continue
+            if self.config.ephemeral and not self._took_build:
+                self._took_build = True
+                self._spawn(self._request_drain(), "drain")
             started = item if item.get("plan") is not None else None
             if self.free_executors <= 0:
                 log.info("agent.assignment_queued", assignment=aid, started=started is not None)
@@ -315,6 +325,22 @@ class Agent:
         finally:
             self._forget(aid)
             free()
+            if self.config.ephemeral and self._took_build and not self.running:
+                log.info("agent.ephemeral_done")
+                self.stop()  # its one build is over and reported: exit
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _request_drain(self) -> None:
+        """An ephemeral agent asks to be drained as soon as it has its build, so that
+        the controller gives it no second one (it exits after the first)."""
+        try:
+            await self.client.call("POST", f"/agent/v1/agents/{self.client.agent_id}/drain")
+        except Exception as exc:
+            log.warning("agent.drain_request_failed", error=str(exc))
 
     async def _execute(
         self, aid: str, started: dict[str, Any] | None, free: Callable[[], None]

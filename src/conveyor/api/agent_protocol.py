@@ -25,6 +25,7 @@ from conveyor.controller.wakeups import DISPATCH, Wakeups, agent_channel, build_
 from conveyor.core.labels import is_valid_label
 from conveyor.core.states import ACTIVE_STATES, AGENT_RESULTS, BuildState, StepState
 from conveyor.errors import InvalidInput
+from conveyor.store.pools import get_pool, set_agent_pool
 
 router = APIRouter(prefix="/agent/v1", tags=["agent protocol"])
 
@@ -41,6 +42,8 @@ class RegisterIn(BaseModel):
     labels: list[str] = Field(default_factory=list, max_length=200)
     executors: int = Field(ge=1, le=1024)
     version: str = Field(default="?", max_length=50)
+    pool: str | None = Field(default=None, max_length=100)
+    ephemeral: bool = False
 
 
 class RegisterOut(BaseModel):
@@ -138,9 +141,13 @@ async def register(body: RegisterIn, runtime: RuntimeDep, _: CallerDep) -> Regis
     bad = [label for label in body.labels if not is_valid_label(label)]
     if bad:
         raise InvalidInput(f"invalid label(s): {', '.join(bad)}")
+    if body.pool is not None:
+        await get_pool(runtime.store, body.pool)  # 404 before anything is stored
     agent = await runtime.store.register_agent(
         body.name, sorted(set(body.labels)), body.executors, body.version, runtime.clock()
     )
+    if body.pool is not None or body.ephemeral or agent.pool is not None:
+        await set_agent_pool(runtime.store, agent.id, body.pool, body.ephemeral)
     runtime.wakeups.notify(DISPATCH)
     return RegisterOut(
         agent_id=agent.id,

@@ -21,6 +21,7 @@ from conveyor.api import (
     routes_jobs,
     routes_metrics,
     routes_notifications,
+    routes_pools,
     routes_publications,
     routes_retention,
     routes_webhooks,
@@ -85,6 +86,7 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
     app.include_router(routes_notifications.router)
     app.include_router(routes_credentials.router)
     app.include_router(routes_webhooks.router)
+    app.include_router(routes_pools.router)
     app.include_router(agent_protocol.router)
     app.include_router(routes_publications.router)
     app.include_router(routes_publications.agent_router)

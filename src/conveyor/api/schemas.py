@@ -216,6 +216,8 @@ class AgentOut(BaseModel):
     last_seen_at: datetime
     cpu_percent: int | None
     memory_percent: int | None
+    pool: str | None = None
+    ephemeral: bool = False
 
     @classmethod
     def of(cls, a: AgentRecord) -> AgentOut:
@@ -232,6 +234,8 @@ class AgentOut(BaseModel):
             last_seen_at=a.last_seen_at,
             cpu_percent=a.cpu_percent,
             memory_percent=a.memory_percent,
+            pool=a.pool,
+            ephemeral=a.ephemeral,
         )
 
 

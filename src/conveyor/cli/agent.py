@@ -51,6 +51,12 @@ def agent(
         str | None,
         typer.Option(envvar="CONVEYOR_LOG_FORMAT", help="console (default) or json lines"),
     ] = None,
+    pool: Annotated[
+        str | None, typer.Option(help="the agent pool this agent belongs to (docs/scaling.md)")
+    ] = None,
+    ephemeral: Annotated[
+        bool, typer.Option("--ephemeral", help="take one build, then exit (1 executor)")
+    ] = False,
 ) -> None:
     """Run a build agent that connects out to the controller (no subcommand)."""
     if ctx.invoked_subcommand is not None:
@@ -75,7 +81,11 @@ def agent(
         workdir=workdir,
         keep_workspaces=keep_workspaces,
         max_outbox_bytes=outbox_limit_mb * 1024 * 1024,
+        pool=pool,
+        ephemeral=ephemeral,
     )
+    if ephemeral:
+        config.executors = 1
 
     async def main() -> None:
         runner = Agent(config)
@@ -91,7 +101,7 @@ def agent(
 def list_agents(url: UrlOpt = None, token: TokenOpt = None) -> None:
     """List agents with their state and load."""
     client = ApiClient.from_options(url, token)
-    table = Table("id", "name", "state", "busy", "labels", "cpu %", "mem %", "last seen")
+    table = Table("id", "name", "state", "busy", "labels", "pool", "cpu %", "mem %", "last seen")
     for a in client.json("GET", "/api/v1/agents"):
         table.add_row(
             str(a["id"]),
@@ -99,6 +109,7 @@ def list_agents(url: UrlOpt = None, token: TokenOpt = None) -> None:
             a["state"],
             f"{a['busy']}/{a['executors']}",
             ",".join(a["labels"]),
+            a.get("pool") or "",
             "" if a["cpu_percent"] is None else str(a["cpu_percent"]),
             "" if a["memory_percent"] is None else str(a["memory_percent"]),
             a["last_seen_at"],

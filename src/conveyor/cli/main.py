@@ -17,7 +17,9 @@ from conveyor.cli import (
     credentials,
     jobs,
     lb,
+    pools,
     retention,
+    scaling,
 )
 from conveyor.cli import healthcheck as healthcheck_cli
 from conveyor.core.dispatch import Strategy
@@ -39,6 +41,8 @@ app.command("lb-config")(lb.lb_config)
 app.command("healthcheck")(healthcheck_cli.healthcheck)
 app.add_typer(credentials.app, name="credentials")
 app.add_typer(credentials.admin_app, name="admin")
+app.add_typer(pools.app, name="pool")
+app.add_typer(scaling.app, name="scaling")
 
 HomeOpt = Annotated[
     Path, typer.Option(envvar="CONVEYOR_HOME", help="state folder (SQLite, blobs, tokens)")

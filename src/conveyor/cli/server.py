@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import platform
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Generator
 from pathlib import Path
 
@@ -128,7 +125,8 @@ def run_up(
         token = (settings.home / ADMIN_TOKEN_FILE).read_text().strip()
         if load_examples:
             await _load_examples(runtime)
-        procs = [_spawn_agent(settings.home, url, token, i + 1, executors) for i in range(agents)]
+        del token  # the pool's agents get their own tokens (providers.base)
+        await _ensure_local_pool(runtime, agents, executors)
         out.print(f"{agents} local agent(s) with {executors} executor(s) each. Ctrl-C stops all.")
         out.print("Try: [bold]conveyor build start hello-world -p GREETING=hi --follow[/]")
         stop = asyncio.Event()
@@ -137,7 +135,7 @@ def run_up(
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         out.print("stopping agents…")
-        await asyncio.to_thread(_stop_agents, procs)
+        await _stop_local_pool(runtime)
         server.should_exit = True
         await serving
         out.print("stopped.")
@@ -145,56 +143,51 @@ def run_up(
     aio.run(main())
 
 
-def _spawn_agent(
-    home: Path, url: str, token: str, index: int, executors: int
-) -> subprocess.Popen[bytes]:
-    name = f"local-{index}"
-    env = {**os.environ, "CONVEYOR_TOKEN": token}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "conveyor",
-            "agent",
-            "--url",
-            url,
-            "--name",
-            name,
-            "--labels",
-            f"local,{platform.system().lower()},{platform.machine().lower()}",
-            "--executors",
-            str(executors),
-            "--workdir",
-            str((home / "agents" / name).resolve()),
-        ],
-        env=env,
-        # Own process group: Ctrl-C reaches us, and we stop agents in order.
-        start_new_session=True,
-        # If `conveyor up` itself is killed (SIGKILL), its agents must not live on.
-        preexec_fn=_die_with_parent,
-    )
+#: The pool `conveyor up` keeps its local agents in (docs/scaling.md).
+UP_POOL = "local"
 
 
-def _die_with_parent() -> None:
+async def _ensure_local_pool(runtime: Runtime, agents: int, executors: int) -> None:
+    """`conveyor up`'s agents are a `local` pool of fixed size (min = max = --agents):
+    the autoscaler starts them, and they can be made elastic with `conveyor pool set`."""
+    from conveyor.errors import NotFound
+    from conveyor.store.pools import create_pool, get_pool, update_pool
+
+    values = {
+        "labels": sorted({"local", platform.system().lower(), platform.machine().lower()}),
+        "min_size": agents,
+        "max_size": agents,
+        "executors": executors,
+    }
     try:
-        import ctypes
+        await get_pool(runtime.store, UP_POOL)
+    except NotFound:
+        await create_pool(
+            runtime.store,
+            {
+                "name": UP_POOL,
+                "provider": "local",
+                "provider_config": {},
+                "policy": {},
+                "ephemeral": False,
+                **values,
+            },
+            runtime.clock(),
+        )
+    else:
+        await update_pool(runtime.store, UP_POOL, values, runtime.clock())
+    if runtime.autoscaler is not None:
+        await runtime.autoscaler.run_once()  # start the agents now, not at the next step
 
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except OSError:  # not Linux: Ctrl-C still stops agents in order
-        pass
 
-
-def _stop_agents(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+async def _stop_local_pool(runtime: Runtime) -> None:
+    """Stop the autoscaler, then its agents, while the controller still serves: running
+    builds are cancelled and reported before the controller goes away."""
+    for loop in runtime.loops:
+        if loop.name == "autoscaler":
+            await loop.stop()
+    if runtime.autoscaler is not None:
+        await runtime.autoscaler.close()
 
 
 async def _load_examples(runtime: Runtime) -> None:

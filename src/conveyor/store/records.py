@@ -90,6 +90,8 @@ class AgentRecord:
     cpu_percent: int | None
     memory_percent: int | None
     busy: int
+    pool: str | None = None
+    ephemeral: bool = False
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,10 @@ agents = Table(
     Column("cpu_percent", Integer, nullable=True),
     Column("memory_percent", Integer, nullable=True),
     Column("metrics", JSON, nullable=True),
+    # Elastic agents (store/pools.py, migration 0010): the pool an agent belongs to,
+    # and whether it takes one build and exits.
+    Column("pool", String(100), nullable=True),
+    Column("ephemeral", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 api_tokens = Table(

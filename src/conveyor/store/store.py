@@ -169,6 +169,8 @@ def _agent(row: Row[Any], busy: int) -> AgentRecord:
         cpu_percent=m["cpu_percent"],
         memory_percent=m["memory_percent"],
         busy=busy,
+        pool=m.get("pool"),
+        ephemeral=bool(m.get("ephemeral", False)),
     )
 
 
