@@ -26,6 +26,7 @@ from conveyor.controller.reaper import Reaper
 from conveyor.controller.retention import RETENTION_INTERVAL, ArtifactRetention
 from conveyor.controller.wakeups import DISPATCH, Wakeups
 from conveyor.metrics import Metrics, MetricsUpdater
+from conveyor.security.bootstrap import ensure_first_admin
 from conveyor.settings import Settings
 from conveyor.store import Store, open_store
 from conveyor.store.migrate import upgrade
@@ -101,9 +102,9 @@ class Runtime:
     async def prepare(self) -> None:
         """Migrate the schema and make sure an admin token exists."""
         await upgrade(self.store.write_engine)
-        if await self.store.count_tokens() == 0:
-            token = new_token()
-            await self.store.create_token("admin", hash_token(token), "admin", self.clock())
+        # The first admin is a real user (conveyor.security.bootstrap).
+        token = await ensure_first_admin(self.store, self.clock())
+        if token is not None:
             self.first_admin_token = token
             self.write_admin_token(token)
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Response
 
 from conveyor.api.deps import CallerDep, RuntimeDep
 from conveyor.api.schemas import JobIn, JobOut, JobVersionOut
+from conveyor.core.permissions import Permission
 from conveyor.core.pipeline import Pipeline, parse_pipeline
 from conveyor.errors import Conflict, InvalidInput, NotFound
 from conveyor.store.store import JobFields
@@ -44,8 +45,11 @@ def _if_match(header: str | None, body_version: int | None) -> int | None:
 
 
 @router.get("")
-async def list_jobs(runtime: RuntimeDep, _: CallerDep, prefix: str | None = None) -> list[JobOut]:
-    return [JobOut.of(j) for j in await runtime.store.list_jobs(prefix)]
+async def list_jobs(
+    runtime: RuntimeDep, caller: CallerDep, prefix: str | None = None
+) -> list[JobOut]:
+    jobs = await runtime.store.list_jobs(prefix)
+    return [JobOut.of(j) for j in jobs if caller.can(Permission.JOB_READ, j.name)]
 
 
 @router.post("", status_code=201)
@@ -53,6 +57,7 @@ async def create_job(
     body: JobIn, runtime: RuntimeDep, caller: CallerDep, response: Response
 ) -> JobOut:
     _, fields = job_fields(body.spec)
+    caller.require(Permission.JOB_WRITE, fields.name)
     job = await runtime.store.create_job(fields, caller.name, runtime.clock())
     response.headers["ETag"] = _etag(job.version)
     response.headers["Location"] = f"/api/v1/jobs/{job.name}"

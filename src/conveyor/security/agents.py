@@ -7,10 +7,19 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from starlette.requests import HTTPConnection
+
 from conveyor.errors import Forbidden, InvalidInput
 from conveyor.runtime import Runtime
-from conveyor.security.audit import record_audit
-from conveyor.security.auth import AGENT_TOKEN_PREFIX, Principal, auth_cache, digest, new_secret
+from conveyor.security.audit import audit_request, record_audit
+from conveyor.security.auth import (
+    AGENT_TOKEN_PREFIX,
+    auth_cache,
+    bearer_token,
+    current_principal,
+    digest,
+    new_secret,
+)
 from conveyor.store import Store
 from conveyor.store import security as db
 
@@ -66,22 +75,33 @@ async def issue_enrollment_token(
     return token
 
 
-async def admit_agent(runtime: Runtime, principal: Principal, agent_name: str) -> None:
+async def admit_agent(request: HTTPConnection, runtime: Runtime, agent_name: str) -> None:
     """Before registering ``agent_name``: may this enrollment token do it?"""
-    token = principal.agent_token
+    principal = current_principal(request)
+    token = None if principal is None else principal.agent_token
     if token is None:
         raise Forbidden("the agent protocol needs an agent token")
+    refusal = None
     if token.agent_name is not None and token.agent_name != agent_name:
-        raise Forbidden(f"this enrollment token is for agent {token.agent_name!r} only")
-    refusal = await db.bind_agent(runtime.store, token, agent_name, runtime.clock())
+        refusal = f"this enrollment token is for agent {token.agent_name!r} only"
+    else:
+        refusal = await db.bind_agent(runtime.store, token, agent_name, runtime.clock())
     if refusal is not None:
+        await audit_request(
+            request, runtime, "agent.register_refused", 403, security=True,
+            target=f"agent:{agent_name}", reason=refusal,
+        )  # fmt: skip
         raise Forbidden(refusal)
 
 
-async def bind_registered_agent(
-    runtime: Runtime, principal: Principal, agent_id: int, token: str
-) -> None:
+async def bind_registered_agent(request: HTTPConnection, runtime: Runtime, agent_id: int) -> None:
     """After registering: the token now acts as this agent (on every controller)."""
-    assert principal.token_id is not None
+    principal = current_principal(request)
+    assert principal is not None and principal.token_id is not None
     await db.record_binding(runtime.store, agent_id, principal.token_id, runtime.clock())
+    token = bearer_token(request) or ""
     auth_cache(runtime).drop("a:" + digest(token))
+    await audit_request(
+        request, runtime, "agent.registered", 200, target=f"agent:{agent_id}",
+        token=principal.name,
+    )  # fmt: skip

@@ -146,7 +146,9 @@ async def authorize(request: Request) -> None:
         return
     principal = await authenticate(request, runtime)
     if principal is None:
-        raise Unauthorized("sign in: send 'Authorization: Bearer <token>' or a session cookie")
+        raise Unauthorized(
+            "missing bearer token: send 'Authorization: Bearer <token>' (or sign in for a session cookie)"
+        )
     request.scope[PRINCIPAL_KEY] = principal
     if rule.kind == "agent":
         await _check_agent(request, runtime, principal)
@@ -194,7 +196,7 @@ async def _check_agent(request: Request, runtime: Runtime, principal: Principal)
         token = request.headers.get("authorization", "").partition(" ")[2].strip()
         principal = await agent_principal(runtime, digest(token), fresh=True)
         request.scope[PRINCIPAL_KEY] = principal
-        if claimed not in principal.agent_ids:
+        if claimed not in principal.agent_ids and await db.agent_exists(runtime.store, claimed):
             await _deny(request, runtime, principal, f"not enrolled as agent {claimed}")
     assignment = request.path_params.get("assignment_id")
     if assignment is not None:

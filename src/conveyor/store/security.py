@@ -489,7 +489,9 @@ async def revoke_session(store: Store, session_hash: str, now: datetime) -> None
     async with store.write() as conn:
         await conn.execute(
             update(user_sessions)
-            .where(user_sessions.c.session_hash == session_hash, user_sessions.c.revoked_at.is_(None))
+            .where(
+                user_sessions.c.session_hash == session_hash, user_sessions.c.revoked_at.is_(None)
+            )
             .values(revoked_at=now)
         )
 
@@ -627,6 +629,11 @@ async def agents_of_token(store: Store, token_id: int) -> set[int]:
             )
         ).all()
     return {int(r.agent_id) for r in rows}
+
+
+async def agent_exists(store: Store, agent_id: int) -> bool:
+    async with store.read() as conn:
+        return (await conn.scalar(select(agents.c.id).where(agents.c.id == agent_id))) is not None
 
 
 async def agent_of_assignment(store: Store, assignment_id: str) -> int | None:
