@@ -20,9 +20,11 @@ from rich.console import Console
 from conveyor import aio
 from conveyor.api.app import create_app
 from conveyor.cli.config import write_cli_file
+from conveyor.controller.clock import utcnow
 from conveyor.logging import configure_logging
 from conveyor.runtime import ADMIN_TOKEN_FILE, Runtime
 from conveyor.settings import Settings
+from conveyor.store import Store
 
 out = Console(stderr=True)
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -125,7 +127,8 @@ def run_up(
                 raise SystemExit(1)
             await asyncio.sleep(0.05)
         _announce(runtime, url)
-        token = (settings.home / ADMIN_TOKEN_FILE).read_text().strip()
+        # Local agents enrol with a pool token (the agent protocol takes agent tokens only).
+        token = await local_agent_token(runtime.store, settings.home)
         if load_examples:
             await _load_examples(runtime)
         procs = [_spawn_agent(settings.home, url, token, i + 1, executors) for i in range(agents)]
@@ -143,6 +146,26 @@ def run_up(
         out.print("stopped.")
 
     aio.run(main())
+
+
+async def local_agent_token(store: Store, home: Path) -> str:
+    """The enrollment token of this home's local agents, saved in HOME/agent-token (0600)
+    and reused while it is valid, so the agents keep their names across restarts."""
+    from conveyor.security.agents import issue_enrollment_token
+    from conveyor.security.auth import digest
+    from conveyor.store.security import find_agent_token
+
+    path = home / "agent-token"
+    if path.exists():
+        saved = path.read_text().strip()
+        record = await find_agent_token(store, digest(saved))
+        if record is not None and record.usable(utcnow()):
+            return saved
+    token = await issue_enrollment_token(store, pool="local", created_by="conveyor up")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
 
 
 def _spawn_agent(

@@ -93,7 +93,8 @@ def auth_cache(runtime: Runtime) -> AuthCache:
     cache = runtime.__dict__.get("_auth_cache")
     if cache is None:
         cache = runtime.__dict__["_auth_cache"] = AuthCache()
-    return cache  # type: ignore[no-any-return]
+    assert isinstance(cache, AuthCache)
+    return cache
 
 
 def bearer_token(conn: HTTPConnection) -> str | None:

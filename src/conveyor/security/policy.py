@@ -147,7 +147,8 @@ async def authorize(request: Request) -> None:
     principal = await authenticate(request, runtime)
     if principal is None:
         raise Unauthorized(
-            "missing bearer token: send 'Authorization: Bearer <token>' (or sign in for a session cookie)"
+            "missing bearer token: send 'Authorization: Bearer <token>'"
+            " (or sign in for a session cookie)"
         )
     request.scope[PRINCIPAL_KEY] = principal
     if rule.kind == "agent":
