@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from conveyor import __version__
-from conveyor.cli import agent, blobs, builds, cluster, jobs, lb
+from conveyor.cli import admin, agent, blobs, builds, cluster, jobs, lb
 from conveyor.core.dispatch import Strategy
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.add_typer(agent.app, name="agent")
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(blobs.app, name="blobs")
 app.command("lb-config")(lb.lb_config)
+app.add_typer(admin.app, name="admin")
 
 HomeOpt = Annotated[
     Path, typer.Option(envvar="CONVEYOR_HOME", help="state folder (SQLite, blobs, tokens)")
@@ -92,6 +93,12 @@ def server(
     lease_ttl: Annotated[float, typer.Option(help="leader lease TTL, seconds")] = 5.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
     log_format: LogFormatOpt = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(envvar="CONVEYOR_TLS_CERT", help="PEM certificate: serve HTTPS")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(envvar="CONVEYOR_TLS_KEY", help="PEM private key of --tls-cert")
+    ] = None,
 ) -> None:
     """Run a controller: REST API, agent protocol, dispatcher."""
     from conveyor.cli.client import fail
@@ -105,6 +112,11 @@ def server(
             open_blob_store(blob_url)  # checks the URL; makes no network call
         except InvalidInput as exc:
             fail(f"--blob-url {redact_url(blob_url)}: {exc}")
+    if (tls_cert is None) != (tls_key is None):
+        fail("--tls-cert and --tls-key go together")
+    for flag, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if path is not None and not path.is_file():
+            fail(f"{flag} {path}: no such file")
 
     settings = _settings(
         home=home,
@@ -120,6 +132,8 @@ def server(
         controller_id=controller_id,
         lease_ttl=lease_ttl,
         log_level=log_level,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     run_server(settings, _log_format(log_format))  # type: ignore[arg-type]
 
