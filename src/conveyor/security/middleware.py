@@ -33,6 +33,10 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
 
 FORM = "application/x-www-form-urlencoded"
 
+#: Signing in again while signed in: the JSON login cannot be posted by a plain HTML
+#: form (cross-site JSON needs a CORS preflight we never grant); /login checks its own.
+CSRF_EXEMPT = frozenset({("POST", "/api/v1/session"), ("POST", "/login")})
+
 
 def body_limit_exempt(path: str) -> bool:
     """Artifact uploads stream to the blob store and have no overall size limit here."""
@@ -67,7 +71,11 @@ class SecurityMiddleware:
                 await response(scope, receive, send)
                 return
             receive = _limited(receive, limit)
-        if method in UNSAFE and "authorization" not in headers:
+        if (
+            method in UNSAFE
+            and "authorization" not in headers
+            and (method, path) not in CSRF_EXEMPT
+        ):
             cookies = cookie_parser(headers.get("cookie", ""))
             if cookies.get(SESSION_COOKIE):
                 receive, ok = await _csrf_ok(headers, cookies, receive)
