@@ -17,7 +17,7 @@ from typing import Literal
 from fastapi import Request
 
 from conveyor.core.permissions import Permission
-from conveyor.errors import Forbidden, Unauthorized
+from conveyor.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from conveyor.runtime import Runtime
 from conveyor.security.auth import PRINCIPAL_KEY, Principal, agent_principal, authenticate, digest
 from conveyor.store import security as db
@@ -132,6 +132,7 @@ async def authorize(request: Request) -> None:
     runtime: Runtime = request.app.state.runtime
     route = request.scope.get("route")
     template = getattr(route, "path", request.url.path)
+    _check_integer_ranges(request)
     rule = rule_for(request.method, template)
     if rule is None:
         # Deny by default: a route someone forgot to list is not reachable.
@@ -174,6 +175,27 @@ async def authorize(request: Request) -> None:
         await _deny(
             request, runtime, principal, f"missing permission {rule.permission} on job {job!r}"
         )
+
+
+#: Integer parameters that reach the database: beyond 64 bits they cannot name anything.
+INTEGER_PARAMS = frozenset(
+    {"agent_id", "build_id", "token_id", "number", "version", "cursor", "offset", "seq"}
+)
+INT64_MAX = 2**63 - 1
+
+
+def _check_integer_ranges(request: Request) -> None:
+    """A 4xx, not a database overflow (a 500), for ids no table can hold."""
+    for where, params in (("path", request.path_params), ("query", request.query_params)):
+        for name in INTEGER_PARAMS & set(params.keys()):
+            value = _int(params[name])
+            if value is not None and not -INT64_MAX <= value <= INT64_MAX:
+                if where == "path":
+                    raise NotFound(f"{name} {value} does not exist")
+                raise InvalidInput(f"{name}: out of range")
+    agent = _int(request.headers.get("x-agent-id", ""))
+    if agent is not None and not -INT64_MAX <= agent <= INT64_MAX:
+        raise InvalidInput("X-Agent-Id: out of range")
 
 
 def _int(value: object) -> int | None:
