@@ -106,7 +106,11 @@ class SecurityMiddleware:
             if method in UNSAFE and not scope.get(AUDITED_KEY) and not path.startswith("/agent/"):
                 route = scope.get("route")
                 action = getattr(route, "name", None) or "unknown_route"
-                await audit_request(HTTPConnection(scope), self.runtime, action, status)
+                # A refused request (bad or missing credentials) is a security event.
+                await audit_request(
+                    HTTPConnection(scope), self.runtime, action, status,
+                    security=status in (401, 403),
+                )  # fmt: skip
 
 
 def _with_security_headers(send: Send) -> Send:
