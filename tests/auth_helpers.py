@@ -4,7 +4,7 @@ protocol accepts only agent tokens)."""
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 
 import httpx
 
@@ -34,11 +34,26 @@ async def user_token(
 
 
 class SplitAuth(httpx.Auth):
-    """``user`` token for /api, ``agent`` token for /agent/v1."""
+    """``user`` token for /api, ``agent`` token for /agent/v1 (``agent_factory`` makes
+    one at the first agent call when none is given)."""
 
-    def __init__(self, user: str | None, agent: str | None) -> None:
+    def __init__(
+        self,
+        user: str | None,
+        agent: str | None,
+        agent_factory: Callable[[], Awaitable[str]] | None = None,
+    ) -> None:
         self.user = user
         self.agent = agent
+        self.agent_factory = agent_factory
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        if self.agent is None and self.agent_factory and request.url.path.startswith("/agent/"):
+            self.agent = await self.agent_factory()
+        for prepared in self.auth_flow(request):
+            yield prepared
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         token = self.agent if request.url.path.startswith("/agent/") else self.user

@@ -57,17 +57,14 @@ async def runtime(
 
 def _client(app: FastAPI, token: str | None) -> httpx.AsyncClient:
     runtime = app.state.runtime
-    auth = SplitAuth(token, None)
 
-    async def agent_token(request: httpx.Request) -> None:
-        if auth.agent is None and request.url.path.startswith("/agent/"):
-            auth.agent = await issue_enrollment_token(runtime.store, pool="test")
+    async def agent_token() -> str:
+        return await issue_enrollment_token(runtime.store, pool="test")
 
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
         base_url="http://conveyor.test",
-        auth=auth,
-        event_hooks={"request": [agent_token]},
+        auth=SplitAuth(token, None, agent_token),
     )
 
 
