@@ -243,11 +243,25 @@ async def test_audit_endpoint_filters_and_pages(
         "/api/v1/audit", params={"actor": "eve", "limit": 2, "cursor": page["next_cursor"]}
     )
     assert len(r.json()["events"]) == 1
-    r = await client.get("/api/v1/audit", params={"action": "create_user"})
+    r = await client.get("/api/v1/audit", params={"action": "user"})
     [event] = r.json()["events"]
-    assert (event["actor"], event["outcome"], event["security"]) == ("admin", "success", False)
+    assert (event["action"], event["actor"], event["outcome"]) == (
+        "user.created",
+        "admin",
+        "success",
+    )
+    assert event["target"] == "user:carol" and event["detail"]["password"] is False
+    await client.get("/api/v1/jobs/nope")  # reads are not audited
+    await client.delete("/api/v1/jobs/nope")  # a mutation is, whatever its outcome
+    r = await client.get("/api/v1/audit", params={"action": "delete_job"})
+    [event] = r.json()["events"]
+    assert (event["outcome"], event["target"], event["security"]) == (
+        "failed", "/api/v1/jobs/nope", False,
+    )  # fmt: skip
     r = await client.get("/api/v1/audit", params={"security_only": True})
     # (the client fixture made an agent enrollment token: a security event too)
-    assert {e["action"] for e in r.json()["events"]} == {"login.failed", "agent_token.created"}
+    assert {e["action"] for e in r.json()["events"]} == {
+        "login.failed", "agent_token.created", "user.created",
+    }  # fmt: skip
     r = await client.get("/api/v1/audit", params={"since": "2020-01-01T00:00:00"})
     assert r.status_code == 400

@@ -79,6 +79,7 @@ async def start_session(
     session = secrets.token_urlsafe(32)
     now = runtime.clock()
     hours = runtime.settings.session_hours
+    await db.forget_sessions(runtime.store, now)  # expired ones: nothing to keep
     await db.create_session(
         runtime.store, user.id, digest(session), now, now + timedelta(hours=hours)
     )

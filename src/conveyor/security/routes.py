@@ -220,11 +220,10 @@ async def create_user(body: UserIn, request: Request, runtime: RuntimeDep) -> Us
         check_password_policy(body.password)
         password_hash = await hash_password(body.password)
     user = await db.create_user(runtime.store, body.name, password_hash, runtime.clock(), body.role)
-    if body.role is not None:
-        await audit_request(
-            request, runtime, "grant.added", 201, security=True, target=f"user:{body.name}",
-            role=body.role.value, pattern="*",
-        )  # fmt: skip
+    await audit_request(
+        request, runtime, "user.created", 201, security=True, target=f"user:{body.name}",
+        role=None if body.role is None else body.role.value, password=password_hash is not None,
+    )  # fmt: skip
     return await _user_out(runtime, user)
 
 
