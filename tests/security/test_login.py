@@ -265,3 +265,23 @@ async def test_audit_endpoint_filters_and_pages(
     }  # fmt: skip
     r = await client.get("/api/v1/audit", params={"since": "2020-01-01T00:00:00"})
     assert r.status_code == 400
+
+
+async def test_a_browser_without_a_session_is_sent_to_the_login_form(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.responses import HTMLResponse
+
+    from conveyor.security import policy
+
+    @app.get("/pages/home", response_class=HTMLResponse)
+    async def home() -> str:
+        return "<p>home</p>"
+
+    monkeypatch.setitem(policy.ROUTE_RULES, ("GET", "/pages/home"), policy.USER)
+    async with _client(app) as c:
+        r = await c.get("/pages/home", params={"tab": "1"}, headers={"accept": "text/html"})
+        assert r.status_code == 303
+        assert r.headers["location"] == "/login?next=/pages/home%3Ftab%3D1"
+        r = await c.get("/pages/home")  # not a browser: a plain 401
+        assert r.status_code == 401

@@ -40,6 +40,23 @@ def new_secret(prefix: str) -> str:
     return f"{prefix}{secrets.token_urlsafe(32)}"
 
 
+class LoginRequired(Unauthorized):
+    """An HTML page needs a signed-in user: the browser is sent to the sign-in form
+    (``/login?next=<page>``; the handler is installed by conveyor.security.install)."""
+
+    def __init__(self, next_path: str = "/") -> None:
+        super().__init__("sign in to see this page")
+        self.next_path = next_path
+
+
+def wants_html(conn: HTTPConnection) -> bool:
+    """A browser navigating to a page (not an API or agent call)."""
+    path = conn.url.path
+    if path.startswith(("/api/", "/agent/")) or conn.scope.get("method") != "GET":
+        return False
+    return "text/html" in conn.headers.get("accept", "")
+
+
 @dataclass(frozen=True)
 class Principal:
     kind: Literal["user", "agent"]

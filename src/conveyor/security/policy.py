@@ -19,7 +19,15 @@ from fastapi import Request
 from conveyor.core.permissions import Permission
 from conveyor.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from conveyor.runtime import Runtime
-from conveyor.security.auth import PRINCIPAL_KEY, Principal, agent_principal, authenticate, digest
+from conveyor.security.auth import (
+    PRINCIPAL_KEY,
+    LoginRequired,
+    Principal,
+    agent_principal,
+    authenticate,
+    digest,
+    wants_html,
+)
 from conveyor.store import security as db
 
 P = Permission
@@ -147,6 +155,9 @@ async def authorize(request: Request) -> None:
         return
     principal = await authenticate(request, runtime)
     if principal is None:
+        if wants_html(request):  # a browser on a page: to the sign-in form
+            query = f"?{request.url.query}" if request.url.query else ""
+            raise LoginRequired(request.url.path + query)
         raise Unauthorized(
             "missing bearer token: send 'Authorization: Bearer <token>'"
             " (or sign in for a session cookie)"

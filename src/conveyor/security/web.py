@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 
 from conveyor.api.deps import RuntimeDep
 from conveyor.errors import Unauthorized
-from conveyor.security.auth import CSRF_COOKIE
+from conveyor.security.auth import CSRF_COOKIE, LoginRequired
 from conveyor.security.login import (
     TooManyAttempts,
     check_login,
@@ -29,14 +29,6 @@ from conveyor.security.login import (
 router = APIRouter(include_in_schema=False)
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent.parent / "web" / "templates"))
-
-
-class LoginRequired(Unauthorized):
-    """Raised by HTML pages: the browser is sent to the sign-in form."""
-
-    def __init__(self, next_path: str = "/") -> None:
-        super().__init__("sign in to see this page")
-        self.next_path = next_path
 
 
 def safe_next(value: str | None) -> str:
