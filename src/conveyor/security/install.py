@@ -10,6 +10,7 @@ from fastapi.responses import RedirectResponse
 
 from conveyor.runtime import Runtime
 from conveyor.security import routes, web
+from conveyor.security.auth import LoginRequired
 from conveyor.security.middleware import SecurityMiddleware
 
 
@@ -18,6 +19,6 @@ def install(app: FastAPI, runtime: Runtime) -> None:
     app.include_router(web.router)
     app.add_middleware(SecurityMiddleware, runtime=runtime)
 
-    @app.exception_handler(web.LoginRequired)
-    async def login_required(_: Request, exc: web.LoginRequired) -> RedirectResponse:
+    @app.exception_handler(LoginRequired)
+    async def login_required(_: Request, exc: LoginRequired) -> RedirectResponse:
         return web.login_redirect(exc)
