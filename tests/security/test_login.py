@@ -285,3 +285,17 @@ async def test_a_browser_without_a_session_is_sent_to_the_login_form(
         assert r.headers["location"] == "/login?next=/pages/home%3Ftab%3D1"
         r = await c.get("/pages/home")  # not a browser: a plain 401
         assert r.status_code == 401
+
+
+async def test_error_bodies_never_echo_secrets(
+    app: FastAPI, client: httpx.AsyncClient, anon: httpx.AsyncClient
+) -> None:
+    secret = "S3cret-" + "x" * 1100
+    r = await anon.post("/api/v1/session", json={"username": "a", "password": secret})
+    assert r.status_code == 400 and "S3cret" not in r.text
+    r = await client.post("/api/v1/users", json={"name": "zed", "password": "S3cret"})
+    assert r.status_code == 400 and "S3cret" not in r.text
+    r = await anon.get("/api/v1/jobs", headers={"Authorization": "Bearer cvy_S3cretToken"})
+    assert r.status_code == 401 and "S3cret" not in r.text
+    openapi = (await anon.get("/openapi.json")).text
+    assert "cvy_" not in openapi and "cva_" not in openapi
