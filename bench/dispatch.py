@@ -477,7 +477,16 @@ def start_cluster(
 
     wait_for(ready, 60, f"controller /readyz on {url}", processes, 0.1)
     token = (home / "admin-token").read_text().strip()
-    env = {**os.environ, "CONVEYOR_TOKEN": token}
+    # Agents enrol with an agent token (the agent protocol refuses user tokens).
+    enrol = httpx.post(
+        f"{url}/api/v1/agent-tokens",
+        json={"pool": "bench"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    if enrol.status_code != 201:
+        raise BenchError(f"cannot create the agents' enrollment token: {enrol.text[:300]}")
+    env = {**os.environ, "CONVEYOR_TOKEN": enrol.json()["token"]}
     for i in range(1, agents + 1):
         name = f"bench-agent-{i}"
         workdir = home / "agents" / name

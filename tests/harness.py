@@ -130,11 +130,35 @@ class AgentProcess:
     labels: str = "linux"
     executors: int = 2
     proc: subprocess.Popen[bytes] | None = None
+    #: Its enrollment token (created through the API at the first start).
+    token: str | None = None
+
+    def enrol(self) -> str:
+        """An enrollment token for this agent name, made with the admin token (retried:
+        the controller may still be starting or failing over)."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.post(
+                    f"{self.controller.url}/api/v1/agent-tokens",
+                    json={"agent_name": self.name},
+                    headers={"Authorization": f"Bearer {self.controller.token}"},
+                    timeout=10,
+                )
+                if r.status_code == 201:
+                    return str(r.json()["token"])
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cannot enrol agent {self.name} at {self.controller.url}")
+            time.sleep(0.5)
 
     def start(self) -> AgentProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "agent.log"
-        env = {**os.environ, "CONVEYOR_TOKEN": self.controller.token}
+        if self.token is None:
+            self.token = self.enrol()
+        env = {**os.environ, "CONVEYOR_TOKEN": self.token}
         args = [
             PYTHON,
             "-m",

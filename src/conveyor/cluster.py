@@ -257,6 +257,40 @@ def _wait_ready(
     raise ClusterError(f"{info.name} not ready after {timeout:.0f}s ({last}); see {info.log}")
 
 
+def _agent_token(home: Path, url: str, admin_token: str) -> str:
+    """The cluster agents' enrollment token (a pool token), saved in HOME/agent-token and
+    reused while the controllers accept it (agents then keep their names)."""
+    path = home / "agent-token"
+    if path.exists():
+        saved = path.read_text().strip()
+        probe = _post(
+            f"{url}/agent/v1/agents/0/heartbeat",
+            json={},
+            headers={"Authorization": f"Bearer {saved}"},
+        )
+        if probe.status_code != 401:
+            return saved
+    response = _post(
+        f"{url}/api/v1/agent-tokens",
+        json={"pool": "cluster", "name": "conveyor cluster up"},
+        headers={"Authorization": f"Bearer {admin_token}"},
+    )
+    if response.status_code != 201:
+        raise ClusterError(f"cannot create the agents' enrollment token: {response.text[:300]}")
+    token = str(response.json()["token"])
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+def _post(url: str, **kwargs: Any) -> httpx.Response:
+    try:
+        return httpx.post(url, timeout=10, **kwargs)
+    except httpx.HTTPError as exc:
+        raise ClusterError(f"cannot reach {url}: {exc}") from exc
+
+
 def _check_token(url: str, token: str) -> bool:
     response = _get(
         f"{url}/api/v1/agents", headers={"Authorization": f"Bearer {token}"}, timeout=10
@@ -415,7 +449,7 @@ def _start(
     write_cli_file(home, url, token)
 
     labels = f"local,{platform.system().lower()},{platform.machine().lower()}"
-    agent_env = _child_env(CONVEYOR_TOKEN=token)
+    agent_env = _child_env(CONVEYOR_TOKEN=_agent_token(home, url, token))
     agents = []
     for i in range(1, config.agents + 1):
         name = f"cluster-agent-{i}"

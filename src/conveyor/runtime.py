@@ -33,6 +33,7 @@ from conveyor.controller.triggers import TriggerLoop
 from conveyor.controller.wakeups import DISPATCH, Wakeups
 from conveyor.credentials.service import CredentialVault, load_secret_key
 from conveyor.metrics import Metrics, MetricsUpdater
+from conveyor.security.bootstrap import ensure_first_admin
 from conveyor.settings import Settings
 from conveyor.store import Store, open_store
 from conveyor.store.migrate import upgrade
@@ -129,11 +130,11 @@ class Runtime:
     async def prepare(self) -> None:
         """Migrate the schema and make sure an admin token exists."""
         await upgrade(self.store.write_engine)
-        if await self.store.count_tokens() == 0:
-            token = self.settings.admin_token or new_token()
-            await self.store.create_token("admin", hash_token(token), "admin", self.clock())
-            if self.settings.admin_token is None:  # handed in: not printed to the log
-                self.first_admin_token = token
+        # The first admin is a real user (conveyor.security.bootstrap); a token handed in
+        # (CONVEYOR_ADMIN_TOKEN) becomes its token and is not printed to the log.
+        token = await ensure_first_admin(self.store, self.clock(), self.settings.admin_token)
+        if token is not None and self.settings.admin_token is None:
+            self.first_admin_token = token
             self.write_admin_token(token)
 
     def write_admin_token(self, token: str) -> Path:

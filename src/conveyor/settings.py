@@ -126,6 +126,21 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds a provider-started agent has to register before it is deleted",
     )
+    # Security (docs/security.md)
+    login_max_failures: int = Field(
+        default=5, ge=1, description="wrong passwords in a row that lock an account"
+    )
+    login_lockout_seconds: float = Field(
+        default=60.0, ge=0, description="how long a locked account stays locked"
+    )
+    session_hours: float = Field(default=12.0, gt=0, description="browser session lifetime")
+    max_request_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="largest request body (artifact uploads stream and are exempt)",
+    )
+    tls_cert: Path | None = Field(default=None, description="PEM certificate: serve HTTPS")
+    tls_key: Path | None = Field(default=None, description="PEM private key for tls_cert")
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from conveyor.api.app import create_app
 from conveyor.runtime import Runtime
 from conveyor.settings import Settings
+from tests.auth_helpers import split_auth
 from tests.conftest import FakeClock, _truncate
 
 
@@ -44,16 +45,22 @@ def app(runtime: Runtime) -> FastAPI:
     return create_app(runtime, run_loops=False)
 
 
-def _client(app: FastAPI, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+def _client(
+    app: FastAPI, headers: dict[str, str] | None = None, auth: httpx.Auth | None = None
+) -> httpx.AsyncClient:
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://conveyor.test", headers=headers
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://conveyor.test",
+        headers=headers,
+        auth=auth,
     )
 
 
 @pytest.fixture
 async def client(app: FastAPI, runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
-    """Authenticated with the first admin token."""
-    async with _client(app, {"Authorization": f"Bearer {runtime.first_admin_token}"}) as c:
+    """The first admin token for the API, a pool enrollment token for /agent/v1."""
+    auth = await split_auth(runtime.store, runtime.first_admin_token)
+    async with _client(app, auth=auth) as c:
         yield c
 
 

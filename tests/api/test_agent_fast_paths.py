@@ -225,7 +225,8 @@ async def test_bad_event_batches_are_refused_and_store_nothing(
     assert_problem(await client.post(f"{base}/events", json={"events": [step]}), 400, "X-Agent-Id")
     other = {"X-Agent-Id": str(await register(client, "a2"))}
     r = await client.post(f"{base}/events", json={"events": [step, finish]}, headers=other)
-    assert_problem(r, 404, "not found")
+    # Another agent may not touch this build (the gate refuses before the store looks).
+    assert_problem(r, 403, "not assigned to this agent")
     r = await client.post(
         "/agent/v1/assignments/unknown/events", json={"events": [finish]}, headers=headers
     )

@@ -457,7 +457,9 @@ async def test_a_build_runs_through_the_agent_protocol(
     assert await poll(client, agent, running=[aid]) == EMPTY_INBOX
 
     other = {"X-Agent-Id": str(await register(client, "a2"))}
-    assert_problem(await client.post(f"{base}/start", headers=other), 404, "not found")
+    assert_problem(
+        await client.post(f"{base}/start", headers=other), 403, "not assigned to this agent"
+    )
     for _ in range(2):  # starting is idempotent
         r = await client.post(f"{base}/start", headers=headers)
         assert r.status_code == 200 and r.json()["build_id"] == build["id"]

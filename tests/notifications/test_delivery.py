@@ -31,15 +31,17 @@ from conveyor.core.notifications import (
     NotifyEntry,
     parse_notifications_config,
 )
+from conveyor.core.permissions import Scope
 from conveyor.core.states import BuildState
 from conveyor.errors import NotFound
-from conveyor.runtime import Runtime, hash_token, new_token
+from conveyor.runtime import Runtime
 from conveyor.settings import Settings
 from conveyor.store import Store
 from conveyor.store.notifications import DELIVERED, FAILED, list_deliveries
 from conveyor.store.records import BuildRecord
 from conveyor.store.schema import builds
 from conveyor.store.store import JobFields, NewBuild
+from tests.auth_helpers import user_token
 from tests.conftest import FakeClock
 
 SECRET = "s3cret-hmac-key"
@@ -507,8 +509,7 @@ async def api(tmp_path: Path, clock: FakeClock) -> AsyncIterator[tuple[httpx.Asy
         Settings(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'c.db'}"), clock
     )
     await runtime.prepare()
-    token = new_token()
-    await runtime.store.create_token("reader", hash_token(token), "read", clock())
+    token = await user_token(runtime.store, "reader", scope=Scope.READ)
     app = FastAPI()
     app.state.runtime = runtime
     install_error_handlers(app)

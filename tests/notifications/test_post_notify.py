@@ -19,6 +19,7 @@ from conveyor.settings import Settings
 from conveyor.store.notifications import DELIVERED, FAILED, list_deliveries
 from tests.api.conftest import dispatch_once
 from tests.api.test_api import create_job, poll, register, trigger
+from tests.auth_helpers import split_auth
 from tests.conftest import FakeClock, _truncate
 from tests.notifications.test_delivery import SECRET, Receiver, receiver  # noqa: F401
 
@@ -80,9 +81,9 @@ async def runtime(
 
 async def run_failed_build(runtime: Runtime) -> int:
     app = create_app(runtime, run_loops=False)
-    headers = {"Authorization": f"Bearer {runtime.first_admin_token}"}
+    auth = await split_auth(runtime.store, runtime.first_admin_token)
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://conveyor.test", headers=headers
+        transport=httpx.ASGITransport(app=app), base_url="http://conveyor.test", auth=auth
     ) as client:
         await create_job(client, SPEC)
         r = await trigger(client, "team-a/deploy", TARGET_ENV="production")

@@ -20,7 +20,9 @@ from conveyor.api.app import create_app
 from conveyor.errors import StoreUnavailable
 from conveyor.metrics import ANY_AGENT, RESULTS, Metrics
 from conveyor.runtime import Runtime
+from conveyor.security.agents import issue_enrollment_token
 from conveyor.settings import Settings
+from tests.auth_helpers import SplitAuth
 from tests.conftest import FakeClock, _truncate
 
 LINUX_JOB = "name: app\nagent: linux\nstages:\n  - name: s\n    steps:\n      - echo: hi\n"
@@ -54,9 +56,15 @@ async def runtime(
 
 
 def _client(app: FastAPI, token: str | None) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    runtime = app.state.runtime
+
+    async def agent_token() -> str:
+        return await issue_enrollment_token(runtime.store, pool="test")
+
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://conveyor.test", headers=headers
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://conveyor.test",
+        auth=SplitAuth(token, None, agent_token),
     )
 
 

@@ -107,6 +107,8 @@ class Agent:
         self.heartbeat_interval = 3.0
         self.poll_timeout = 25.0
         self._took_build = False
+        #: Set when the controller refused the token (401): the agent stops.
+        self.token_refused = False
 
     async def register(self) -> int:
         answer = await self.client.call(
@@ -188,6 +190,21 @@ class Agent:
     def stop(self) -> None:
         self._stopping.set()
 
+    def _refused(self, exc: ProtocolError) -> bool:
+        """401: the enrollment token was revoked (or expired): this agent is disconnected
+        and stops, rather than calling a controller that will keep refusing it."""
+        if exc.status_code != 401:
+            return False
+        if not self.token_refused:
+            self.token_refused = True
+            log.error(
+                "agent.token_refused",
+                error=str(exc),
+                hint="the enrollment token was revoked or expired; stopping this agent",
+            )
+        self.stop()
+        return True
+
     async def _heartbeat_loop(self) -> None:
         psutil.cpu_percent(interval=None)  # prime: the first reading is meaningless
         while True:
@@ -202,6 +219,8 @@ class Agent:
                 )
                 self._abort(answer.get("abort", []))
             except ProtocolError as exc:
+                if self._refused(exc):
+                    return
                 if exc.status_code == 404:
                     await self.register()
             except Exception as exc:
@@ -229,6 +248,8 @@ class Agent:
                     timeout=self.poll_timeout + 15,
                 )
             except ProtocolError as exc:
+                if self._refused(exc):
+                    return
                 log.warning("agent.poll_refused", error=str(exc))
                 if exc.status_code == 404:
                     await self.register()

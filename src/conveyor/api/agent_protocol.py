@@ -25,6 +25,7 @@ from conveyor.controller.wakeups import DISPATCH, Wakeups, agent_channel, build_
 from conveyor.core.labels import is_valid_label
 from conveyor.core.states import ACTIVE_STATES, AGENT_RESULTS, BuildState, StepState
 from conveyor.errors import InvalidInput
+from conveyor.security.agents import admit_agent, bind_registered_agent
 from conveyor.store.pools import get_pool, set_agent_pool
 
 router = APIRouter(prefix="/agent/v1", tags=["agent protocol"])
@@ -137,15 +138,19 @@ class AckOut(BaseModel):
 
 
 @router.post("/register")
-async def register(body: RegisterIn, runtime: RuntimeDep, _: CallerDep) -> RegisterOut:
+async def register(
+    body: RegisterIn, request: Request, runtime: RuntimeDep, _: CallerDep
+) -> RegisterOut:
     bad = [label for label in body.labels if not is_valid_label(label)]
     if bad:
         raise InvalidInput(f"invalid label(s): {', '.join(bad)}")
+    await admit_agent(request, runtime, body.name)  # may this enrollment token register it?
     if body.pool is not None:
         await get_pool(runtime.store, body.pool)  # 404 before anything is stored
     agent = await runtime.store.register_agent(
         body.name, sorted(set(body.labels)), body.executors, body.version, runtime.clock()
     )
+    await bind_registered_agent(request, runtime, agent.id)
     if body.pool is not None or body.ephemeral or agent.pool is not None:
         await set_agent_pool(runtime.store, agent.id, body.pool, body.ephemeral)
     runtime.wakeups.notify(DISPATCH)

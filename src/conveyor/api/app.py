@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 
 from conveyor import __version__
 from conveyor.api import (
@@ -29,6 +29,8 @@ from conveyor.api import (
 from conveyor.api.errors import install_error_handlers, problem
 from conveyor.api.middleware import RequestMiddleware
 from conveyor.runtime import Runtime
+from conveyor.security.install import install as install_security
+from conveyor.security.policy import authorize
 
 #: What a standby controller answers before it leads.
 STANDBY_PATHS = frozenset({"/healthz", "/metrics", "/prometheus"})
@@ -50,6 +52,8 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
         version=__version__,
         description="Self-hosted CI/CD: REST API (/api/v1) and agent protocol (/agent/v1).",
         lifespan=lifespan,
+        # The permission gate runs before every route (conveyor.security.policy).
+        dependencies=[Depends(authorize)],
     )
     app.state.runtime = runtime
     install_error_handlers(app)
@@ -67,6 +71,7 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
                 )
             return await call_next(request)
 
+    install_security(app, runtime)
     # Added last, so outermost: standby refusals get a request id and are measured too.
     app.add_middleware(
         RequestMiddleware,

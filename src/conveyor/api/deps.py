@@ -1,18 +1,24 @@
-"""Request dependencies: the runtime, and who is calling (bearer token)."""
+"""Request dependencies: the runtime, and who is calling.
+
+Authentication and permission checks happen in one place, the route gate
+:func:`conveyor.security.policy.authorize` (an application-wide dependency that runs
+before every route). ``CallerDep`` hands the caller it found to a route."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Annotated
 
 import structlog
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 
+from conveyor.core.permissions import Permission
 from conveyor.errors import Unauthorized
-from conveyor.runtime import Runtime, hash_token
+from conveyor.runtime import Runtime
+from conveyor.security.auth import CACHE_SECONDS, Principal, authenticate, current_principal
 
-TOKEN_CACHE_SECONDS = 5.0
+#: Kept for compatibility; see conveyor.security.auth.CACHE_SECONDS.
+TOKEN_CACHE_SECONDS = CACHE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,16 @@ class Caller:
     token_id: int
     name: str
     scope: str
+    principal: Principal | None = None
+
+    def can(self, permission: Permission, job: str | None = None) -> bool:
+        """For listings: may the caller see/act on this job?"""
+        return self.principal is not None and self.principal.can(permission, job)
+
+    def require(self, permission: Permission, job: str | None = None) -> None:
+        if self.principal is None:
+            raise Unauthorized("sign in first")
+        self.principal.require(permission, job)
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -30,34 +46,16 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-async def get_caller(
-    runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None
-) -> Caller:
-    if not authorization:
+async def get_caller(request: Request, runtime: RuntimeDep) -> Caller:
+    principal = current_principal(request) or await authenticate(request, runtime)
+    if principal is None:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
-    digest = hash_token(token.strip())
-    cache: dict[str, tuple[float, Caller]] = runtime.__dict__.setdefault("_token_cache", {})
-    hit = cache.get(digest)
-    now = time.monotonic()
-    if hit is not None and hit[0] > now:
-        return _bound(hit[1])
-    record = await runtime.store.find_token(digest)
-    wall = runtime.clock()
-    if (
-        record is None
-        or record.revoked_at is not None
-        or (record.expires_at is not None and record.expires_at <= wall)
-    ):
-        raise Unauthorized("invalid, expired or revoked token")
-    caller = Caller(token_id=record.id, name=record.name, scope=record.scope)
-    cache[digest] = (now + TOKEN_CACHE_SECONDS, caller)
-    return _bound(caller)
-
-
-def _bound(caller: Caller) -> Caller:
+    caller = Caller(
+        token_id=principal.token_id or 0,
+        name=principal.name,
+        scope=principal.scope.value,
+        principal=principal,
+    )
     # Every log line of this request says who made it.
     structlog.contextvars.bind_contextvars(user=caller.name)
     return caller

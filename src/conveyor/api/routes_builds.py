@@ -20,6 +20,7 @@ from conveyor.api.schemas import (
     TriggerIn,
 )
 from conveyor.core.dispatch import explain_waits
+from conveyor.core.permissions import Permission
 from conveyor.core.states import BuildState
 from conveyor.errors import InvalidInput
 from conveyor.runtime import Runtime
@@ -91,13 +92,16 @@ async def list_job_builds(
 @router.get("/builds")
 async def list_builds(
     runtime: RuntimeDep,
-    _: CallerDep,
+    caller: CallerDep,
     job: str | None = None,
     state: Annotated[list[str] | None, Query()] = None,
     cursor: int | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> BuildPage:
-    return await _page(runtime, job, state, cursor, limit)
+    page = await _page(runtime, job, state, cursor, limit)
+    # Only the jobs the caller may read (a page may then hold fewer than ``limit``).
+    page.items = [b for b in page.items if caller.can(Permission.JOB_READ, b.job)]
+    return page
 
 
 @router.get("/builds/{build_id}")
@@ -177,7 +181,7 @@ async def download_artifact(
 
 
 @router.get("/queue", tags=["queue"])
-async def queue(runtime: RuntimeDep, _: CallerDep) -> list[QueueItemOut]:
+async def queue(runtime: RuntimeDep, caller: CallerDep) -> list[QueueItemOut]:
     snapshot = await runtime.dispatcher.snapshot()
     reasons = explain_waits(snapshot, runtime.settings.dispatch_strategy)
     now = runtime.clock()
@@ -191,6 +195,7 @@ async def queue(runtime: RuntimeDep, _: CallerDep) -> list[QueueItemOut]:
             reason=reasons.get(q.build_id, "about to be assigned"),
         )
         for q in snapshot.queued
+        if caller.can(Permission.JOB_READ, q.job_name)
     ]
 
 

@@ -13,6 +13,7 @@ from conveyor.controller.config_apply import ConfigApplier
 from conveyor.controller.config_sync import read_repo_files
 from conveyor.controller.job_edits import rollback_job
 from conveyor.controller.scm import RepositoryUnavailable
+from conveyor.core.permissions import Permission
 from conveyor.errors import InvalidInput
 from conveyor.git import GitError
 from conveyor.store.scm import get_heads, version_commits
@@ -115,7 +116,9 @@ async def rollback(
     """Make an earlier version's spec current again, as a new version."""
     from conveyor.controller.job_edits import guard_managed_edit
 
-    await guard_managed_edit(runtime.store, name, caller.name, caller.scope, force, "rollback")
+    await guard_managed_edit(
+        runtime.store, name, caller.name, caller.can(Permission.CONFIG_MANAGE), force, "rollback"
+    )
     version, changed = await rollback_job(
         runtime.store, name, body.to, caller.name, runtime.clock()
     )

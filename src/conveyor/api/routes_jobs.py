@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Response
 from conveyor.api.deps import CallerDep, RuntimeDep
 from conveyor.api.schemas import JobIn, JobOut, JobVersionOut
 from conveyor.controller.job_edits import guard_managed_edit
+from conveyor.core.permissions import Permission
 from conveyor.core.pipeline import Pipeline, parse_pipeline
 from conveyor.errors import Conflict, InvalidInput, NotFound
 from conveyor.store.store import JobFields
@@ -45,8 +46,11 @@ def _if_match(header: str | None, body_version: int | None) -> int | None:
 
 
 @router.get("")
-async def list_jobs(runtime: RuntimeDep, _: CallerDep, prefix: str | None = None) -> list[JobOut]:
-    return [JobOut.of(j) for j in await runtime.store.list_jobs(prefix)]
+async def list_jobs(
+    runtime: RuntimeDep, caller: CallerDep, prefix: str | None = None
+) -> list[JobOut]:
+    jobs = await runtime.store.list_jobs(prefix)
+    return [JobOut.of(j) for j in jobs if caller.can(Permission.JOB_READ, j.name)]
 
 
 @router.post("", status_code=201)
@@ -54,6 +58,7 @@ async def create_job(
     body: JobIn, runtime: RuntimeDep, caller: CallerDep, response: Response
 ) -> JobOut:
     _, fields = job_fields(body.spec)
+    caller.require(Permission.JOB_WRITE, fields.name)
     job = await runtime.store.create_job(fields, caller.name, runtime.clock())
     response.headers["ETag"] = _etag(job.version)
     response.headers["Location"] = f"/api/v1/jobs/{job.name}"
@@ -95,7 +100,9 @@ async def put_job(
     _, fields = job_fields(body.spec)
     if fields.name != name:
         raise InvalidInput(f"the spec names job {fields.name!r} but the URL names {name!r}")
-    await guard_managed_edit(runtime.store, name, caller.name, caller.scope, force, "update")
+    await guard_managed_edit(
+        runtime.store, name, caller.name, caller.can(Permission.CONFIG_MANAGE), force, "update"
+    )
     expected = _if_match(if_match, body.version)
     now = runtime.clock()
     try:
@@ -123,7 +130,9 @@ async def get_job(name: str, runtime: RuntimeDep, _: CallerDep, response: Respon
 async def delete_job(
     name: str, runtime: RuntimeDep, caller: CallerDep, force: bool = False
 ) -> Response:
-    await guard_managed_edit(runtime.store, name, caller.name, caller.scope, force, "delete")
+    await guard_managed_edit(
+        runtime.store, name, caller.name, caller.can(Permission.CONFIG_MANAGE), force, "delete"
+    )
     for key in await runtime.store.delete_job(name):
         await runtime.blobs.delete(key)
     return Response(status_code=204)

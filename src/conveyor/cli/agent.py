@@ -61,6 +61,7 @@ def agent(
     """Run a build agent that connects out to the controller (no subcommand)."""
     if ctx.invoked_subcommand is not None:
         return
+    from conveyor.agent.client import ProtocolError
     from conveyor.agent.service import Agent, AgentConfig
     from conveyor.logging import configure_logging
 
@@ -92,7 +93,12 @@ def agent(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, runner.stop)
-        await runner.run()
+        try:
+            await runner.run()
+        except ProtocolError as exc:  # registration refused (bad or revoked token)
+            fail(f"the controller refused this agent: {exc}")
+        if runner.token_refused:
+            fail("the controller refused this agent's token (revoked or expired); stopped")
 
     aio.run(main())
 

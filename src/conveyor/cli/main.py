@@ -9,6 +9,7 @@ import typer
 
 from conveyor import __version__
 from conveyor.cli import (
+    admin,
     agent,
     blobs,
     builds,
@@ -40,9 +41,12 @@ app.add_typer(config_repo.app, name="config")
 app.command("lb-config")(lb.lb_config)
 app.command("healthcheck")(healthcheck_cli.healthcheck)
 app.add_typer(credentials.app, name="credentials")
-app.add_typer(credentials.admin_app, name="admin")
 app.add_typer(pools.app, name="pool")
 app.add_typer(scaling.app, name="scaling")
+app.add_typer(admin.app, name="admin")
+# Key commands of the credentials store live under `conveyor admin` too.
+admin.app.command("gen-key")(credentials.gen_key)
+admin.app.command("rotate-key")(credentials.rotate_key)
 
 HomeOpt = Annotated[
     Path, typer.Option(envvar="CONVEYOR_HOME", help="state folder (SQLite, blobs, tokens)")
@@ -120,6 +124,12 @@ def server(
             " HOME/secret.key if it exists; docs/credentials.md)",
         ),
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(envvar="CONVEYOR_TLS_CERT", help="PEM certificate: serve HTTPS")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(envvar="CONVEYOR_TLS_KEY", help="PEM private key of --tls-cert")
+    ] = None,
 ) -> None:
     """Run a controller: REST API, agent protocol, dispatcher."""
     from conveyor.cli.client import fail
@@ -133,6 +143,11 @@ def server(
             open_blob_store(blob_url)  # checks the URL; makes no network call
         except InvalidInput as exc:
             fail(f"--blob-url {redact_url(blob_url)}: {exc}")
+    if (tls_cert is None) != (tls_key is None):
+        fail("--tls-cert and --tls-key go together")
+    for flag, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if path is not None and not path.is_file():
+            fail(f"{flag} {path}: no such file")
 
     settings = _settings(
         home=home,
@@ -149,6 +164,8 @@ def server(
         lease_ttl=lease_ttl,
         log_level=log_level,
         secret_key_file=secret_key_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     run_server(settings, _log_format(log_format))  # type: ignore[arg-type]
 

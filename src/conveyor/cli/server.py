@@ -42,6 +42,9 @@ def _uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         access_log=False,
         timeout_keep_alive=75,
         timeout_graceful_shutdown=5,
+        # TLS straight from the controller (docs/security.md); None: plain HTTP.
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     )
 
 
@@ -75,7 +78,8 @@ def run_server(settings: Settings, log_format: str | None = None) -> None:
     runtime = _build_runtime(settings)
     structlog.contextvars.bind_contextvars(controller=runtime.controller_id)
     app = create_app(runtime)
-    url = settings.public_url or f"http://{settings.host}:{settings.port}"
+    scheme = "https" if settings.tls_cert else "http"
+    url = settings.public_url or f"{scheme}://{settings.host}:{settings.port}"
 
     async def main() -> None:
         server = uvicorn.Server(_uvicorn_config(app, settings))
@@ -122,10 +126,9 @@ def run_up(
                 raise SystemExit(1)
             await asyncio.sleep(0.05)
         _announce(runtime, url)
-        token = (settings.home / ADMIN_TOKEN_FILE).read_text().strip()
         if load_examples:
             await _load_examples(runtime)
-        del token  # the pool's agents get their own tokens (providers.base)
+        # The pool's agents enrol with enrollment tokens of their own (providers.base).
         await _ensure_local_pool(runtime, agents, executors)
         out.print(f"{agents} local agent(s) with {executors} executor(s) each. Ctrl-C stops all.")
         out.print("Try: [bold]conveyor build start hello-world -p GREETING=hi --follow[/]")

@@ -32,7 +32,7 @@ audit_hook: AuditHook = _log_audit
 
 
 async def guard_managed_edit(
-    store: Store, job_name: str, caller_name: str, caller_scope: str, force: bool, action: str
+    store: Store, job_name: str, caller_name: str, may_force: bool, force: bool, action: str
 ) -> None:
     """Refuse an API edit of a job managed from a config repository (409 naming where),
     unless ``force`` by an admin, which is audited."""
@@ -45,9 +45,24 @@ async def guard_managed_edit(
             f"job {job_name!r} is managed in the config repository {where}; change it there "
             "(or, as an admin, force this edit with ?force=true)"
         )
-    if caller_scope != "admin":
-        raise Forbidden(f"only an admin may force an edit of {job_name!r}, managed in {where}")
+    if not may_force:
+        raise Forbidden(
+            f"only an admin (permission config.manage) may force an edit of {job_name!r},"
+            f" managed in {where}"
+        )
     await audit_hook(caller_name, action, job_name, where)
+    from conveyor.security.audit import record_audit
+
+    await record_audit(
+        store,
+        actor=caller_name,
+        action=f"job.{action}.forced",
+        target=f"job:{job_name}",
+        outcome="success",
+        source="api",
+        security=True,
+        detail={"managed": where},
+    )
 
 
 async def rollback_job(

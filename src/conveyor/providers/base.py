@@ -74,34 +74,32 @@ async def acquire_agent_token(
 ) -> tuple[str, int]:
     """The credential a provider-started agent registers with: (token, token id).
 
-    INTEGRATION: this is the only place agent credentials are made. Once the security
-    work lands, replace the body with its one-time enrolment token::
+    The only place agent credentials are made: a one-time enrollment token
+    (conveyor.security.agents) bound to this agent's name and pool, valid
+    AGENT_TOKEN_DAYS; the autoscaler revokes it when it stops the agent."""
+    from conveyor.security.agents import issue_enrollment_token
+    from conveyor.security.auth import digest
+    from conveyor.store.security import find_agent_token
 
-        return await issue_enrollment_token(store, pool=pool, one_time=True, ...)
-
-    Until then: a dedicated API token per agent, valid AGENT_TOKEN_DAYS, revoked by
-    the autoscaler when it stops the agent (``revoke_agent_token``)."""
-    from conveyor.runtime import hash_token, new_token
-
-    token = new_token("cvya")
-    record = await store.create_token(
-        f"agent {agent_name} (pool {pool})",
-        hash_token(token),
-        "agent",
-        now,
+    token = await issue_enrollment_token(
+        store,
+        pool=pool,
+        agent_name=agent_name,
+        one_time=True,
         expires_at=now + timedelta(days=AGENT_TOKEN_DAYS),
+        created_by=f"autoscaler (pool {pool})",
+        now=now,
     )
+    record = await find_agent_token(store, digest(token))
+    assert record is not None
     return token, record.id
 
 
 async def revoke_agent_token(store: Store, token_id: int, now: datetime) -> None:
-    from sqlalchemy import update
+    from conveyor.errors import NotFound
+    from conveyor.store import security as db
 
-    from conveyor.store.schema import api_tokens
-
-    async with store.write() as conn:
-        await conn.execute(
-            update(api_tokens)
-            .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
-            .values(revoked_at=now)
-        )
+    try:
+        await db.revoke_agent_token(store, token_id, now)
+    except NotFound:  # already gone: nothing to revoke
+        pass

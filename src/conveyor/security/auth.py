@@ -1,0 +1,220 @@
+"""Who is calling: a user (API token or session cookie) or an agent (enrollment token).
+
+Lookups are cached for a few seconds per controller (agents call often). The
+controller that revokes a token, ends a session or changes grants drops its cache at
+once; other controllers notice within :data:`CACHE_SECONDS` (the documented bound)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from starlette.requests import HTTPConnection
+
+from conveyor.core.permissions import Grant, Permission, Scope, allowed, anywhere
+from conveyor.errors import Forbidden, Unauthorized
+from conveyor.runtime import Runtime
+from conveyor.store import security as db
+from conveyor.store.security import AgentTokenRecord
+
+CACHE_SECONDS = 5.0
+USER_TOKEN_PREFIX = "cvy_"
+AGENT_TOKEN_PREFIX = "cva_"
+SESSION_COOKIE = "conveyor_session"
+CSRF_COOKIE = "conveyor_csrf"
+#: Where the gate leaves the caller for the route, the audit and the log.
+PRINCIPAL_KEY = "conveyor.principal"
+
+
+def digest(secret: str) -> str:
+    # Tokens and session ids are 256-bit random strings: SHA-256 is enough (no salt or
+    # slow hash needed, unlike passwords) and lets every controller look them up.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret(prefix: str) -> str:
+    return f"{prefix}{secrets.token_urlsafe(32)}"
+
+
+class LoginRequired(Unauthorized):
+    """An HTML page needs a signed-in user: the browser is sent to the sign-in form
+    (``/login?next=<page>``; the handler is installed by conveyor.security.install)."""
+
+    def __init__(self, next_path: str = "/") -> None:
+        super().__init__("sign in to see this page")
+        self.next_path = next_path
+
+
+def wants_html(conn: HTTPConnection) -> bool:
+    """A browser navigating to a page (not an API or agent call)."""
+    path = conn.url.path
+    if path.startswith(("/api/", "/agent/")) or conn.scope.get("method") != "GET":
+        return False
+    return "text/html" in conn.headers.get("accept", "")
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: Literal["user", "agent"]
+    name: str  # user name, or the enrollment token's name for agents
+    via: Literal["token", "session", "agent"]
+    scope: Scope = Scope.READ
+    user_id: int | None = None
+    token_id: int | None = None
+    grants: tuple[Grant, ...] = ()
+    agent_token: AgentTokenRecord | None = None
+    agent_ids: frozenset[int] = field(default_factory=frozenset)
+
+    def can(self, permission: Permission, job: str | None = None) -> bool:
+        return self.kind == "user" and allowed(self.grants, self.scope, permission, job)
+
+    def can_somewhere(self, permission: Permission) -> bool:
+        return self.kind == "user" and permission in anywhere(self.grants, self.scope)
+
+    def require(self, permission: Permission, job: str | None = None) -> None:
+        if not self.can(permission, job):
+            where = f" on job {job!r}" if job is not None else ""
+            raise Forbidden(f"missing permission {permission.value}{where}")
+
+
+class AuthCache:
+    """digest -> (monotonic expiry, principal); per controller."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, Principal]] = {}
+
+    def get(self, key: str) -> Principal | None:
+        hit = self._entries.get(key)
+        if hit is None or hit[0] <= time.monotonic():
+            self._entries.pop(key, None)
+            return None
+        return hit[1]
+
+    def put(self, key: str, principal: Principal) -> None:
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[key] = (time.monotonic() + CACHE_SECONDS, principal)
+
+    def drop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def auth_cache(runtime: Runtime) -> AuthCache:
+    cache = runtime.__dict__.get("_auth_cache")
+    if cache is None:
+        cache = runtime.__dict__["_auth_cache"] = AuthCache()
+    assert isinstance(cache, AuthCache)
+    return cache
+
+
+def bearer_token(conn: HTTPConnection) -> str | None:
+    header = conn.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
+    return token.strip()
+
+
+async def authenticate(conn: HTTPConnection, runtime: Runtime) -> Principal | None:
+    """The caller, or None when the request carries no credentials at all."""
+    token = bearer_token(conn)
+    if token is not None:
+        if token.startswith(AGENT_TOKEN_PREFIX):
+            return await agent_principal(runtime, digest(token))
+        return await token_principal(runtime, digest(token))
+    session = conn.cookies.get(SESSION_COOKIE)
+    if session:
+        return await session_principal(runtime, digest(session))
+    return None
+
+
+async def _user_principal(
+    runtime: Runtime,
+    user_id: int,
+    via: Literal["token", "session"],
+    scope: Scope,
+    token_id: int | None,
+) -> Principal:
+    user = await db.get_user_by_id(runtime.store, user_id)
+    if user is None or user.disabled:
+        raise Unauthorized("this user is disabled")
+    grants = await db.grants_of(runtime.store, user_id)
+    return Principal(
+        kind="user",
+        name=user.name,
+        via=via,
+        scope=scope,
+        user_id=user_id,
+        token_id=token_id,
+        grants=tuple(grants),
+    )
+
+
+async def token_principal(runtime: Runtime, key: str) -> Principal:
+    cache = auth_cache(runtime)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    record = await db.find_user_token(runtime.store, key)
+    now = runtime.clock()
+    if record is None or record.revoked_at is not None or _expired(record.expires_at, now):
+        raise Unauthorized("invalid, expired or revoked token")
+    principal = await _user_principal(
+        runtime, record.user_id, "token", Scope(record.scope), record.id
+    )
+    cache.put(key, principal)
+    return principal
+
+
+async def session_principal(runtime: Runtime, key: str) -> Principal:
+    cache = auth_cache(runtime)
+    hit = cache.get("s:" + key)
+    if hit is not None:
+        return hit
+    record = await db.find_session(runtime.store, key)
+    now = runtime.clock()
+    if record is None or record.revoked_at is not None or record.expires_at <= now:
+        raise Unauthorized("your session ended: log in again")
+    # A browser session carries the user's full roles (no token scope to narrow them).
+    principal = await _user_principal(runtime, record.user_id, "session", Scope.ADMIN, None)
+    cache.put("s:" + key, principal)
+    return principal
+
+
+async def agent_principal(runtime: Runtime, key: str, fresh: bool = False) -> Principal:
+    cache = auth_cache(runtime)
+    hit = None if fresh else cache.get("a:" + key)
+    if hit is not None:
+        return hit
+    record = await db.find_agent_token(runtime.store, key)
+    if record is None or not record.usable(runtime.clock()):
+        cache.drop("a:" + key)
+        raise Unauthorized("invalid, expired or revoked agent token")
+    principal = Principal(
+        kind="agent",
+        name=record.name,
+        via="agent",
+        token_id=record.id,
+        agent_token=record,
+        agent_ids=frozenset(await db.agents_of_token(runtime.store, record.id)),
+    )
+    cache.put("a:" + key, principal)
+    return principal
+
+
+def _expired(expires_at: datetime | None, now: datetime) -> bool:
+    return expires_at is not None and expires_at <= now
+
+
+def current_principal(conn: HTTPConnection) -> Principal | None:
+    value = conn.scope.get(PRINCIPAL_KEY)
+    return value if isinstance(value, Principal) else None
