@@ -4,7 +4,8 @@
 set -euo pipefail
 
 # nginx and haproxy: the load balancers the HA tests and `conveyor cluster up` run.
-packages=(python3-venv python3-dev git procps nginx haproxy prometheus swift-proxy swift-object swift-container swift-account memcached)
+# chromium: the browser the web UI tests drive through Playwright (tests/ui).
+packages=(python3-venv python3-dev git procps nginx haproxy prometheus swift-proxy swift-object swift-container swift-account memcached chromium)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

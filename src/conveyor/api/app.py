@@ -23,6 +23,7 @@ from conveyor.api import (
 from conveyor.api.errors import install_error_handlers, problem
 from conveyor.api.middleware import RequestMiddleware
 from conveyor.runtime import Runtime
+from conveyor.web import routes_ui
 
 #: What a standby controller answers before it leads.
 STANDBY_PATHS = frozenset({"/healthz", "/metrics", "/prometheus"})
@@ -78,4 +79,5 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
     app.include_router(routes_cluster.router)
     app.include_router(routes_notifications.router)
     app.include_router(agent_protocol.router)
+    app.include_router(routes_ui.router)
     return app

@@ -1,0 +1,143 @@
+"""Inline SVG charts, rendered on the server: no chart library, no JavaScript.
+
+Each function returns markup safe to embed (every text is escaped), with
+``role="img"``, an ``aria-label`` summarising the data and a ``<title>`` per mark
+so the figure behind each bar can be read by hovering or by a screen reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+
+from markupsafe import Markup
+
+from conveyor.core.states import BuildState
+from conveyor.store.dashboard import RecentBuild, TrendPoint
+
+STATE_CLASS = {
+    BuildState.SUCCEEDED: "ok",
+    BuildState.FAILED: "bad",
+    BuildState.TIMED_OUT: "bad",
+    BuildState.LOST: "bad",
+    BuildState.CANCELLED: "muted",
+}
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def sparkline(recent: Sequence[RecentBuild], width: int = 120, height: int = 24) -> Markup:
+    """One bar per build, oldest left: height is the duration, colour the result."""
+    items = list(reversed(recent))
+    if not items:
+        return Markup('<span class="muted">no builds</span>')
+    longest = max((b.duration_seconds or 0.0) for b in items) or 1.0
+    slot = width / max(len(items), 1)
+    bars = []
+    for i, b in enumerate(items):
+        h = max(2.0, (b.duration_seconds or 0.0) / longest * (height - 2))
+        cls = STATE_CLASS.get(b.state, "active")
+        title = f"#{b.number} {b.state.value} {human_duration(b.duration_seconds)}"
+        bars.append(
+            f'<rect class="{cls}" x="{i * slot + 1:.1f}" y="{height - h:.1f}" '
+            f'width="{max(slot - 2, 1):.1f}" height="{h:.1f}"><title>{escape(title)}</title></rect>'
+        )
+    label = f"last {len(items)} builds, longest {human_duration(longest)}"
+    return Markup(
+        f'<svg class="spark" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="{escape(label)}">{"".join(bars)}</svg>'
+    )
+
+
+def _axis_label(point: TrendPoint, hourly: bool) -> str:
+    return point.start.strftime("%H:00" if hourly else "%a %d")
+
+
+def success_chart(points: Sequence[TrendPoint], hourly: bool, title: str) -> Markup:
+    """Success rate per bucket as bars (grey where nothing finished)."""
+    width, height, top = 480, 140, 10
+    plot = height - 30
+    slot = width / max(len(points), 1)
+    total = sum(p.total for p in points)
+    ok = sum(p.succeeded for p in points)
+    overall = f"{ok / total:.0%}" if total else "no builds"
+    marks = []
+    for i, p in enumerate(points):
+        x = i * slot + 1
+        when = _axis_label(p, hourly)
+        if p.total == 0:
+            marks.append(
+                f'<rect class="none" x="{x:.1f}" y="{top + plot - 2}" width="{max(slot - 2, 1):.1f}" '
+                f'height="2"><title>{escape(when)}: no builds</title></rect>'
+            )
+        else:
+            rate = p.succeeded / p.total
+            h = max(2.0, rate * plot)
+            cls = "ok" if rate >= 0.9 else ("warn" if rate >= 0.5 else "bad")
+            tip = f"{when}: {rate:.0%} of {p.total} builds succeeded"
+            marks.append(
+                f'<rect class="{cls}" x="{x:.1f}" y="{top + plot - h:.1f}" '
+                f'width="{max(slot - 2, 1):.1f}" height="{h:.1f}"><title>{escape(tip)}</title></rect>'
+            )
+    marks.extend(_x_labels(points, slot, height, hourly))
+    label = f"{title}: {overall} succeeded ({total} builds)"
+    return _frame(width, height, label, marks)
+
+
+def duration_chart(points: Sequence[TrendPoint], hourly: bool, title: str) -> Markup:
+    """Mean build duration per bucket as a line with a dot per bucket that had builds."""
+    width, height, top = 480, 140, 10
+    plot = height - 30
+    slot = width / max(len(points), 1)
+    means = [p.mean_seconds for p in points if p.mean_seconds is not None]
+    longest = max(means) if means else 1.0
+    marks = [
+        f'<text class="axis" x="2" y="{top + 8}">{escape(human_duration(longest))}</text>',
+        f'<line class="grid" x1="0" x2="{width}" y1="{top}" y2="{top}"/>',
+    ]
+    coords = []
+    for i, p in enumerate(points):
+        if p.mean_seconds is None:
+            continue
+        x = i * slot + slot / 2
+        y = top + plot - (p.mean_seconds / longest) * plot if longest else top + plot
+        coords.append(f"{x:.1f},{y:.1f}")
+        tip = f"{_axis_label(p, hourly)}: mean {human_duration(p.mean_seconds)} ({p.total} builds)"
+        marks.append(
+            f'<circle class="dot" cx="{x:.1f}" cy="{y:.1f}" r="3"><title>{escape(tip)}</title></circle>'
+        )
+    if len(coords) > 1:
+        marks.insert(0, f'<polyline class="line" points="{" ".join(coords)}"/>')
+    marks.extend(_x_labels(points, slot, height, hourly))
+    summary = f"mean up to {human_duration(longest)}" if means else "no finished builds"
+    return _frame(width, height, f"{title}: {summary}", marks)
+
+
+def _x_labels(points: Sequence[TrendPoint], slot: float, height: int, hourly: bool) -> list[str]:
+    every = max(1, len(points) // 6)
+    labels = []
+    for i, p in enumerate(points):
+        if i % every == 0:
+            labels.append(
+                f'<text class="axis" x="{i * slot + 1:.1f}" y="{height - 4}">'
+                f"{escape(_axis_label(p, hourly))}</text>"
+            )
+    return labels
+
+
+def _frame(width: int, height: int, label: str, marks: list[str]) -> Markup:
+    return Markup(
+        f'<svg class="chart" viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
+        f'role="img" aria-label="{escape(label)}"><title>{escape(label)}</title>'
+        f"{''.join(marks)}</svg>"
+    )

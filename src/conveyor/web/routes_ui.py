@@ -1,0 +1,400 @@
+"""The web UI's pages under /ui. Thin, like the API routes: read through the store and
+services, hand typed rows to a template. Authentication is the API's (``CallerDep``);
+a page that gets Unauthorized redirects to the login page instead of answering JSON.
+
+Live parts of a page (``<div data-refresh=...>``) are re-rendered by the same route
+with ``?fragment=live`` and swapped in by app.js every few seconds; the build page
+follows its log through the API's SSE stream.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
+from fastapi.templating import Jinja2Templates
+
+from conveyor import __version__
+from conveyor.api import routes_builds, routes_cluster
+from conveyor.api.deps import Caller, CallerDep, RuntimeDep
+from conveyor.core.pipeline import parse_pipeline
+from conveyor.core.states import ACTIVE_STATES, BuildState
+from conveyor.errors import ConveyorError, InvalidInput, NotFound, Unauthorized
+from conveyor.runtime import Runtime
+from conveyor.store import dashboard
+from conveyor.store.failures import get_failure_analysis
+from conveyor.store.migrate import current_revision, head_revision
+from conveyor.store.records import AgentRecord, BuildRecord, StepRecord
+from conveyor.web import charts
+from conveyor.web.logwindow import log_window
+from conveyor.web.permissions import can
+
+HERE = Path(__file__).parent
+STATIC_FILES = {
+    "app.css": "text/css; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+}
+HISTORY_PAGE = 25
+TREND_CACHE_SECONDS = 15.0
+CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
+
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+templates.env.globals["can"] = can
+templates.env.filters["duration"] = charts.human_duration
+
+
+def _when(value: datetime | None) -> str:
+    return "–" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+templates.env.filters["when"] = _when
+
+
+class PageRoute(APIRoute):
+    """Pages answer HTML: Unauthorized → 303 to /login?next=…, other Conveyor errors →
+    an error page with their status (the API's handlers would answer JSON)."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def page_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Unauthorized:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(f"/login?next={quote(target, safe='/')}", 303)
+            except ConveyorError as exc:
+                return templates.TemplateResponse(
+                    request,
+                    "error.html",
+                    {"title": exc.title, "message": str(exc), "caller": None, "nav": ""},
+                    status_code=exc.status,
+                )
+
+        return page_handler
+
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+
+def render(
+    request: Request,
+    name: str,
+    caller: Caller,
+    nav: str,
+    context: dict[str, Any],
+    fragment: str | None = None,
+) -> Response:
+    """The page, or only its live part when app.js asks for ``?fragment=live``."""
+    base = {
+        "caller": caller,
+        "nav": nav,
+        "csrf_token": request.cookies.get("conveyor_csrf", ""),
+        "has_session": "conveyor_session" in request.cookies,
+        "version": __version__,
+        **context,
+    }
+    template = name.replace(".html", "_live.html") if fragment == "live" else name
+    response = templates.TemplateResponse(request, template, base)
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.get("/")
+async def root() -> RedirectResponse:
+    return RedirectResponse("/ui/", 303)
+
+
+@router.get("/ui/static/{name}")
+async def static(name: str) -> FileResponse:
+    if name not in STATIC_FILES:
+        raise NotFound(f"no static file {name!r}")
+    return FileResponse(
+        HERE / "static" / name,
+        media_type=STATIC_FILES[name],
+        headers={"Cache-Control": "max-age=300"},
+    )
+
+
+# ---- dashboard ---------------------------------------------------------------------------
+
+_trend_cache: dict[tuple[int, str], tuple[float, Any]] = {}
+
+
+async def _trends(runtime: Runtime) -> dict[str, Any]:
+    """The four charts; recomputed at most every TREND_CACHE_SECONDS per runtime
+    (they aggregate the whole week's history, and nobody needs them to the second)."""
+    key = (id(runtime), "trends")
+    hit = _trend_cache.get(key)
+    if hit is not None and hit[0] > time.monotonic():
+        return dict(hit[1])
+    now = runtime.clock()
+    hours = await dashboard.build_trend(runtime.store, now, 24, "hour")
+    days = await dashboard.build_trend(runtime.store, now, 7, "day")
+    value = {
+        "success_24h": charts.success_chart(hours, True, "Success rate, last 24 hours"),
+        "duration_24h": charts.duration_chart(hours, True, "Mean duration, last 24 hours"),
+        "success_7d": charts.success_chart(days, False, "Success rate, last 7 days"),
+        "duration_7d": charts.duration_chart(days, False, "Mean duration, last 7 days"),
+    }
+    _trend_cache[key] = (time.monotonic() + TREND_CACHE_SECONDS, value)
+    return value
+
+
+async def _running(runtime: Runtime) -> list[dict[str, Any]]:
+    active = await runtime.store.list_builds(None, list(ACTIVE_STATES), None, 200)
+    stages = await dashboard.running_stages(runtime.store, [b.id for b in active])
+    now = runtime.clock()
+    return [
+        {
+            "build": b,
+            "stage": stages.get(b.id, "starting" if b.state == BuildState.ASSIGNED else "–"),
+            "elapsed": (now - (b.started_at or b.assigned_at or b.queued_at)).total_seconds(),
+        }
+        for b in active
+    ]
+
+
+def _agent_state(agent: AgentRecord) -> str:
+    return "offline" if not agent.online else ("draining" if agent.draining else "online")
+
+
+async def _cluster(runtime: Runtime, caller: Caller) -> dict[str, Any]:
+    info = await routes_cluster.cluster(runtime, caller)
+    started = time.perf_counter()
+    try:
+        await runtime.store.ping()
+        db_ok, db_error = True, None
+    except ConveyorError as exc:
+        db_ok, db_error = False, str(exc)
+    ping_ms = (time.perf_counter() - started) * 1000
+    return {"info": info, "db_ok": db_ok, "db_error": db_error, "ping_ms": ping_ms}
+
+
+@router.get("/ui/")
+async def dashboard_page(
+    request: Request, runtime: RuntimeDep, caller: CallerDep, fragment: str | None = None
+) -> Response:
+    queue = await routes_builds.queue(runtime, caller)
+    agents = await runtime.store.list_agents()
+    context = {
+        "running": await _running(runtime),
+        "queue": queue,
+        "agents": agents,
+        "agent_state": _agent_state,
+        "cluster": await _cluster(runtime, caller),
+        "trends": await _trends(runtime),
+    }
+    return render(request, "dashboard.html", caller, "dashboard", context, fragment)
+
+
+# ---- jobs --------------------------------------------------------------------------------
+
+
+@router.get("/ui/jobs")
+async def jobs_page(
+    request: Request, runtime: RuntimeDep, caller: CallerDep, fragment: str | None = None
+) -> Response:
+    jobs = await runtime.store.list_jobs()
+    recent = await dashboard.recent_builds_per_job(runtime.store, [j.name for j in jobs])
+    folders: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        folder, _, short = job.name.rpartition("/")
+        builds = recent.get(job.name, [])
+        last = next((b for b in builds if b.state.finished), None)
+        active = next((b for b in builds if not b.state.finished), None)
+        folders.setdefault(folder, []).append(
+            {
+                "job": job,
+                "short": short,
+                "last": last,
+                "active": active,
+                "spark": charts.sparkline(builds),
+            }
+        )
+    context = {"folders": sorted(folders.items())}
+    return render(request, "jobs.html", caller, "jobs", context, fragment)
+
+
+def _diff(old: str, new: str, old_name: str, new_name: str) -> list[tuple[str, str]]:
+    """Unified diff lines with a CSS class each (add, del, hunk, meta)."""
+    lines = []
+    for line in difflib.unified_diff(
+        old.splitlines(), new.splitlines(), old_name, new_name, lineterm=""
+    ):
+        if line.startswith(("+++", "---")):
+            cls = "meta"
+        elif line.startswith("@@"):
+            cls = "hunk"
+        elif line.startswith("+"):
+            cls = "add"
+        elif line.startswith("-"):
+            cls = "del"
+        else:
+            cls = "ctx"
+        lines.append((cls, line))
+    return lines
+
+
+@router.get("/ui/jobs/{name:path}")
+async def job_page(
+    name: str,
+    request: Request,
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    cursor: Annotated[int | None, Query(ge=1)] = None,
+    version: Annotated[int | None, Query(ge=1)] = None,
+    diff_from: Annotated[int | None, Query(ge=1)] = None,
+    diff_to: Annotated[int | None, Query(ge=1)] = None,
+    fragment: str | None = None,
+) -> Response:
+    job = await runtime.store.get_job(name)
+    pipeline = parse_pipeline(job.spec, f"{job.name}.yml")
+    history = await runtime.store.list_builds(job.name, (), cursor, HISTORY_PAGE)
+    next_cursor = history[-1].id if len(history) == HISTORY_PAGE else None
+    versions = await runtime.store.job_versions(job.name)
+    by_number = {v.version: v for v in versions}
+    shown = by_number.get(version or job.version)
+    if shown is None:
+        raise NotFound(f"job {job.name!r} has no version {version}")
+    diff = None
+    if diff_from is not None or diff_to is not None:
+        old = by_number.get(diff_from or max(1, job.version - 1))
+        new = by_number.get(diff_to or job.version)
+        if old is None or new is None:
+            raise InvalidInput(f"job {job.name!r} has versions 1 to {job.version}")
+        diff = {
+            "old": old.version,
+            "new": new.version,
+            "lines": _diff(old.spec, new.spec, f"version {old.version}", f"version {new.version}"),
+        }
+    context = {
+        "job": job,
+        "pipeline": pipeline,
+        "history": history,
+        "cursor": cursor,
+        "next_cursor": next_cursor,
+        "versions": versions,
+        "shown": shown,
+        "diff": diff,
+    }
+    return render(request, "job.html", caller, "jobs", context, fragment)
+
+
+# ---- builds ------------------------------------------------------------------------------
+
+
+def _timeline(build: BuildRecord, steps: list[StepRecord], now: datetime) -> list[dict[str, Any]]:
+    """Stages in plan order, each with its steps and where they sit on the build's
+    time axis (fractions 0..1 of the build's span, for the SVG bars)."""
+    origin = build.started_at or build.queued_at
+    finish = build.finished_at or now
+    span = max((finish - origin).total_seconds(), 0.001)
+    stages: dict[str, dict[str, Any]] = {}
+    for step in steps:
+        stage = stages.setdefault(step.stage, {"name": step.stage, "steps": []})
+        duration = None
+        left = width = 0.0
+        if step.started_at is not None:
+            end = step.finished_at or (now if not step.state.finished else step.started_at)
+            duration = (end - step.started_at).total_seconds()
+            left = max(0.0, (step.started_at - origin).total_seconds() / span)
+            width = min(1.0 - left, max(duration / span, 0.004))
+        stage["steps"].append({"step": step, "duration": duration, "left": left, "width": width})
+    return list(stages.values())
+
+
+async def _build_context(runtime: Runtime, build: BuildRecord) -> dict[str, Any]:
+    steps = await runtime.store.build_steps(build.id)
+    artifacts = await runtime.store.list_artifacts(build.id)
+    agent = None
+    if build.agent_id is not None:
+        try:
+            agent = await runtime.store.get_agent(build.agent_id)
+        except NotFound:
+            agent = None
+    failure = await get_failure_analysis(runtime.store, build.id)
+    duration = None
+    if build.started_at is not None:
+        duration = ((build.finished_at or runtime.clock()) - build.started_at).total_seconds()
+    return {
+        "build": build,
+        "timeline": _timeline(build, steps, runtime.clock()),
+        "artifacts": artifacts,
+        "agent": agent,
+        "failure": failure,
+        "duration": duration,
+    }
+
+
+@router.get("/ui/builds/{build_id}")
+async def build_page(
+    build_id: int,
+    request: Request,
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    fragment: str | None = None,
+) -> Response:
+    build = await runtime.store.get_build(build_id)
+    context = await _build_context(runtime, build)
+    return render(request, "build.html", caller, "jobs", context, fragment)
+
+
+@router.get("/ui/builds/{build_id}/log-window")
+async def build_log_window(
+    build_id: int,
+    runtime: RuntimeDep,
+    _: CallerDep,
+    end: Annotated[int | None, Query(ge=0)] = None,
+    end_line: Annotated[int | None, Query(ge=1)] = None,
+) -> JSONResponse:
+    """JSON for the log viewer: {start, end, first_line, text, size, state}."""
+    build = await runtime.store.get_build(build_id)
+    window = await log_window(runtime, build, end, end_line)
+    return JSONResponse(window.__dict__, headers={"Cache-Control": "no-store"})
+
+
+# ---- agents and cluster ------------------------------------------------------------------
+
+
+@router.get("/ui/agents")
+async def agents_page(
+    request: Request, runtime: RuntimeDep, caller: CallerDep, fragment: str | None = None
+) -> Response:
+    agents = await runtime.store.list_agents()
+    active = await runtime.store.list_builds(None, list(ACTIVE_STATES), None, 500)
+    current: dict[int, list[BuildRecord]] = {}
+    for b in active:
+        if b.agent_id is not None:
+            current.setdefault(b.agent_id, []).append(b)
+    context = {
+        "agents": agents,
+        "agent_state": _agent_state,
+        "current": current,
+        "figures": await runtime.store.agent_system_figures(),
+    }
+    return render(request, "agents.html", caller, "agents", context, fragment)
+
+
+@router.get("/ui/cluster")
+async def cluster_page(
+    request: Request, runtime: RuntimeDep, caller: CallerDep, fragment: str | None = None
+) -> Response:
+    context = await _cluster(runtime, caller)
+    context["schema_current"] = await current_revision(runtime.store.write_engine)
+    context["schema_head"] = head_revision()
+    context["is_leader"] = runtime.lease.is_leader
+    return render(request, "cluster.html", caller, "cluster", context, fragment)
