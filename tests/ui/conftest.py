@@ -4,7 +4,6 @@ Debian's Chromium through Playwright against a real controller and agent."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,21 +24,9 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="session")
-def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where every page's screenshot goes: test-output/screenshots/ in the working
-    directory (gitignored), so they survive the run and can be looked at."""
-    folder = Path("test-output/screenshots").resolve()
+def screenshots() -> Path:
+    """Where every page's screenshot goes: test-output/screenshots/ at the top of the
+    checkout (gitignored), so they outlive the run and can be looked at."""
+    folder = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()

@@ -76,19 +76,13 @@ def success_chart(points: Sequence[TrendPoint], hourly: bool, title: str) -> Mar
         x = i * slot + 1
         when = _axis_label(p, hourly)
         if p.total == 0:
-            marks.append(
-                f'<rect class="none" x="{x:.1f}" y="{top + plot - 2}" width="{max(slot - 2, 1):.1f}" '
-                f'height="2"><title>{escape(when)}: no builds</title></rect>'
-            )
+            marks.append(_rect("none", x, top + plot - 2, slot - 2, 2, f"{when}: no builds"))
         else:
             rate = p.succeeded / p.total
             h = max(2.0, rate * plot)
             cls = "ok" if rate >= 0.9 else ("warn" if rate >= 0.5 else "bad")
             tip = f"{when}: {rate:.0%} of {p.total} builds succeeded"
-            marks.append(
-                f'<rect class="{cls}" x="{x:.1f}" y="{top + plot - h:.1f}" '
-                f'width="{max(slot - 2, 1):.1f}" height="{h:.1f}"><title>{escape(tip)}</title></rect>'
-            )
+            marks.append(_rect(cls, x, top + plot - h, slot - 2, h, tip))
     marks.extend(_x_labels(points, slot, height, hourly))
     label = f"{title}: {overall} succeeded ({total} builds)"
     return _frame(width, height, label, marks)
@@ -114,13 +108,21 @@ def duration_chart(points: Sequence[TrendPoint], hourly: bool, title: str) -> Ma
         coords.append(f"{x:.1f},{y:.1f}")
         tip = f"{_axis_label(p, hourly)}: mean {human_duration(p.mean_seconds)} ({p.total} builds)"
         marks.append(
-            f'<circle class="dot" cx="{x:.1f}" cy="{y:.1f}" r="3"><title>{escape(tip)}</title></circle>'
+            f'<circle class="dot" cx="{x:.1f}" cy="{y:.1f}" r="3">'
+            f"<title>{escape(tip)}</title></circle>"
         )
     if len(coords) > 1:
         marks.insert(0, f'<polyline class="line" points="{" ".join(coords)}"/>')
     marks.extend(_x_labels(points, slot, height, hourly))
     summary = f"mean up to {human_duration(longest)}" if means else "no finished builds"
     return _frame(width, height, f"{title}: {summary}", marks)
+
+
+def _rect(cls: str, x: float, y: float, width: float, height: float, tip: str) -> str:
+    return (
+        f'<rect class="{cls}" x="{x:.1f}" y="{y:.1f}" width="{max(width, 1.0):.1f}" '
+        f'height="{height:.1f}"><title>{escape(tip)}</title></rect>'
+    )
 
 
 def _x_labels(points: Sequence[TrendPoint], slot: float, height: int, hourly: bool) -> list[str]:
@@ -137,7 +139,7 @@ def _x_labels(points: Sequence[TrendPoint], slot: float, height: int, hourly: bo
 
 def _frame(width: int, height: int, label: str, marks: list[str]) -> Markup:
     return Markup(
-        f'<svg class="chart" viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
+        f'<svg class="chart" viewBox="0 0 {width} {height}" '
         f'role="img" aria-label="{escape(label)}"><title>{escape(label)}</title>'
         f"{''.join(marks)}</svg>"
     )

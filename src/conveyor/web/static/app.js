@@ -138,6 +138,31 @@ document.addEventListener("click", async (event) => {
   }
 });
 
+// Artifact links are plain links: with a login session the browser sends the session
+// cookie and downloads natively (streamed to disk, any size). Without one (the page is
+// reached with an API token in an Authorization header, which browsers never add to a
+// download), fetch it with the same credentials and hand the bytes over as a blob.
+document.addEventListener("click", async (event) => {
+  const link = event.target.closest("a[data-artifact]");
+  if (!link || cookie("conveyor_csrf")) return;
+  event.preventDefault();
+  flash("");
+  try {
+    const response = await fetch(link.href, { credentials: "same-origin" });
+    if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+    const url = URL.createObjectURL(await response.blob());
+    const save = document.createElement("a");
+    save.href = url;
+    save.download = link.dataset.artifact;
+    document.body.appendChild(save);
+    save.click();
+    save.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (err) {
+    flash(`Could not download ${link.dataset.artifact}: ${err.message}`);
+  }
+});
+
 // ---- build state -------------------------------------------------------------------------
 
 const FINISHED = ["succeeded", "failed", "cancelled", "timed_out", "lost"];
