@@ -33,7 +33,7 @@ from conveyor.store import dashboard
 from conveyor.store.failures import get_failure_analysis
 from conveyor.store.migrate import current_revision, head_revision
 from conveyor.store.records import AgentRecord, BuildRecord, StepRecord
-from conveyor.web import charts
+from conveyor.web import charts, logwindow
 from conveyor.web.logwindow import log_window
 from conveyor.web.permissions import can
 
@@ -363,7 +363,7 @@ async def build_log_window(
 ) -> JSONResponse:
     """JSON for the log viewer: {start, end, first_line, text, size, state}."""
     build = await runtime.store.get_build(build_id)
-    window = await log_window(runtime, build, end, end_line)
+    window = await log_window(runtime, build, end, end_line, logwindow.WINDOW)
     return JSONResponse(window.__dict__, headers={"Cache-Control": "no-store"})
 
 
