@@ -223,8 +223,8 @@ async def test_trends_bucket_finished_builds_by_hour_and_day(
     build_id, assignment, agent = await _running_build(runtime, clock)
     clock.advance(90)
     await runtime.store.finish_build(assignment, agent, BuildState.FAILED, "boom", clock())
-    hours = await dashboard.build_trend(runtime.store, clock(), 24, "hour")
-    days = await dashboard.build_trend(runtime.store, clock(), 7, "day")
+    trends = await dashboard.build_trends(runtime.store, clock())
+    hours, days = trends.hours, trends.days
     assert len(hours) == 24 and len(days) == 7
     assert hours[-1].start == clock().replace(minute=0, second=0, microsecond=0)
     assert (hours[-1].total, hours[-1].succeeded) == (1, 0)
@@ -233,7 +233,7 @@ async def test_trends_bucket_finished_builds_by_hour_and_day(
     assert days[-1].total == 1 and days[-1].success_rate == 0
     # Far enough in the future, the build falls out of the window.
     later = clock() + timedelta(days=8)
-    assert sum(p.total for p in await dashboard.build_trend(runtime.store, later, 7, "day")) == 0
+    assert sum(p.total for p in (await dashboard.build_trends(runtime.store, later)).days) == 0
     recent = await dashboard.recent_builds_per_job(runtime.store, ["team/app"])
     assert [b.state for b in recent["team/app"]] == [BuildState.FAILED]
     html = (await client.get(f"/ui/builds/{build_id}")).text

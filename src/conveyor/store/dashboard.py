@@ -12,16 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, literal_column, select
+from sqlalchemy import ColumnElement, case, func, literal_column, select, union_all
 
-from conveyor.core.states import ACTIVE_STATES, FINISHED_STATES, BuildState
+from conveyor.core.states import ACTIVE_STATES, BuildState
 from conveyor.store.base import StoreBase
 from conveyor.store.schema import build_steps, builds
 
-Bucket = Literal["hour", "day"]
-FINISHED = [s.value for s in FINISHED_STATES]
 ACTIVE = [s.value for s in ACTIVE_STATES]
 
 
@@ -30,11 +28,22 @@ class TrendPoint:
     start: datetime
     total: int
     succeeded: int
-    mean_seconds: float | None
+    timed: int = 0  # builds with both a start and a finish time
+    total_seconds: float = 0.0
 
     @property
     def success_rate(self) -> float | None:
         return None if self.total == 0 else self.succeeded / self.total
+
+    @property
+    def mean_seconds(self) -> float | None:
+        return None if self.timed == 0 else self.total_seconds / self.timed
+
+
+@dataclass(frozen=True)
+class Trends:
+    hours: list[TrendPoint]  # the last 24 hours, oldest first
+    days: list[TrendPoint]  # the last 7 days (UTC), oldest first
 
 
 @dataclass(frozen=True)
@@ -46,17 +55,12 @@ class RecentBuild:
     finished_at: datetime | None
 
 
-def _bucket_expr(dialect: str, bucket: Bucket) -> ColumnElement[Any]:
+def _hour_expr(dialect: str) -> ColumnElement[Any]:
     if dialect == "postgresql":
-        return func.to_char(
-            func.date_trunc(
-                bucket, builds.c.finished_at.op("AT TIME ZONE")(literal_column("'UTC'"))
-            ),
-            "YYYY-MM-DD HH24",
-        )
+        utc = builds.c.finished_at.op("AT TIME ZONE")(literal_column("'UTC'"))
+        return func.to_char(func.date_trunc("hour", utc), "YYYY-MM-DD HH24")
     # SQLite stores naive UTC text 'YYYY-MM-DD HH:MM:SS[.ffffff]'.
-    fmt = "%Y-%m-%d %H" if bucket == "hour" else "%Y-%m-%d 00"
-    return func.strftime(fmt, builds.c.finished_at)
+    return func.strftime("%Y-%m-%d %H", builds.c.finished_at)
 
 
 def _duration_expr(dialect: str) -> ColumnElement[Any]:
@@ -65,79 +69,109 @@ def _duration_expr(dialect: str) -> ColumnElement[Any]:
     return (func.julianday(builds.c.finished_at) - func.julianday(builds.c.started_at)) * 86400.0
 
 
-def bucket_start(moment: datetime, bucket: Bucket) -> datetime:
-    moment = moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    return moment.replace(hour=0) if bucket == "day" else moment
+def _hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-async def build_trend(
-    store: StoreBase, now: datetime, count: int, bucket: Bucket
-) -> list[TrendPoint]:
-    """Finished builds per bucket (the last ``count`` hours or days up to ``now``):
-    how many, how many succeeded, mean duration. Empty buckets are included."""
-    step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
-    first = bucket_start(now, bucket) - step * (count - 1)
-    key = _bucket_expr(store.dialect, bucket).label("bucket")
+async def build_trends(store: StoreBase, now: datetime) -> Trends:
+    """Finished builds of the last 24 hours (per hour) and 7 days (per UTC day): how
+    many, how many succeeded, mean duration. Empty buckets are included.
+
+    One GROUP BY per hour over the week (the only pass over the history); days are
+    summed from hours here. Only finished builds have ``finished_at``."""
+    first_day = _hour(now).replace(hour=0) - timedelta(days=6)
+    hour = _hour_expr(store.dialect).label("hour")
+    duration = _duration_expr(store.dialect)
     query = (
         select(
-            key,
+            hour,
             func.count().label("total"),
             func.sum(case((builds.c.state == BuildState.SUCCEEDED.value, 1), else_=0)).label(
                 "succeeded"
             ),
-            func.avg(_duration_expr(store.dialect)).label("mean_seconds"),
+            func.count(duration).label("timed"),
+            func.sum(duration).label("total_seconds"),
         )
-        .where(builds.c.finished_at >= first, builds.c.state.in_(FINISHED))
-        .group_by(key)
+        .where(builds.c.finished_at >= first_day)
+        .group_by(hour)
     )
     async with store.read() as conn:
         rows = (await conn.execute(query)).all()
-    found = {str(r.bucket): r for r in rows}
-    points: list[TrendPoint] = []
-    for i in range(count):
-        start = first + step * i
-        row = found.get(start.strftime("%Y-%m-%d %H"))
-        if row is None:
-            points.append(TrendPoint(start, 0, 0, None))
-        else:
-            mean = None if row.mean_seconds is None else float(row.mean_seconds)
-            points.append(TrendPoint(start, int(row.total), int(row.succeeded or 0), mean))
-    return points
+    by_hour = {
+        str(r.hour): TrendPoint(
+            start=datetime.strptime(str(r.hour), "%Y-%m-%d %H").replace(tzinfo=UTC),
+            total=int(r.total),
+            succeeded=int(r.succeeded or 0),
+            timed=int(r.timed or 0),
+            total_seconds=float(r.total_seconds or 0.0),
+        )
+        for r in rows
+    }
+    last = _hour(now)
+    hours = []
+    for i in range(23, -1, -1):
+        start = last - timedelta(hours=i)
+        hours.append(by_hour.get(start.strftime("%Y-%m-%d %H"), TrendPoint(start, 0, 0)))
+    days = []
+    for d in range(7):
+        start = first_day + timedelta(days=d)
+        inside = [p for p in by_hour.values() if start <= p.start < start + timedelta(days=1)]
+        days.append(
+            TrendPoint(
+                start=start,
+                total=sum(p.total for p in inside),
+                succeeded=sum(p.succeeded for p in inside),
+                timed=sum(p.timed for p in inside),
+                total_seconds=sum(p.total_seconds for p in inside),
+            )
+        )
+    return Trends(hours=hours, days=days)
+
+
+#: Jobs per UNION ALL statement (SQLite allows 500 compound terms).
+UNION_CHUNK = 200
 
 
 async def recent_builds_per_job(
     store: StoreBase, job_names: Sequence[str], per_job: int = 20
 ) -> dict[str, list[RecentBuild]]:
-    """Each job's newest builds, newest first (one indexed query per job on
-    (job_name, id), all on one connection: cheap however long the history is)."""
+    """Each job's newest builds, newest first. One statement for up to UNION_CHUNK
+    jobs: a UNION ALL of per-job ``ORDER BY id DESC LIMIT n`` parts, each an index
+    range on (job_name, id), so it stays cheap however long the history is."""
     duration = _duration_expr(store.dialect).label("duration")
-    result: dict[str, list[RecentBuild]] = {}
+    result: dict[str, list[RecentBuild]] = {name: [] for name in job_names}
+    names = list(job_names)
     async with store.read() as conn:
-        for name in job_names:
-            rows = (
-                await conn.execute(
-                    select(
-                        builds.c.id,
-                        builds.c.number,
-                        builds.c.state,
-                        builds.c.finished_at,
-                        duration,
-                    )
-                    .where(builds.c.job_name == name)
-                    .order_by(builds.c.id.desc())
-                    .limit(per_job)
+        for start in range(0, len(names), UNION_CHUNK):
+            parts = [
+                select(
+                    builds.c.job_name,
+                    builds.c.id,
+                    builds.c.number,
+                    builds.c.state,
+                    builds.c.finished_at,
+                    duration,
                 )
-            ).all()
-            result[name] = [
-                RecentBuild(
-                    id=r.id,
-                    number=r.number,
-                    state=BuildState(r.state),
-                    duration_seconds=None if r.duration is None else float(r.duration),
-                    finished_at=r.finished_at,
-                )
-                for r in rows
+                .where(builds.c.job_name == name)
+                .order_by(builds.c.id.desc())
+                .limit(per_job)
+                .subquery()
+                .select()
+                for name in names[start : start + UNION_CHUNK]
             ]
+            rows = (await conn.execute(union_all(*parts))).all()
+            for r in rows:
+                result[r.job_name].append(
+                    RecentBuild(
+                        id=r.id,
+                        number=r.number,
+                        state=BuildState(r.state),
+                        duration_seconds=None if r.duration is None else float(r.duration),
+                        finished_at=r.finished_at,
+                    )
+                )
+    for recent in result.values():
+        recent.sort(key=lambda b: b.id, reverse=True)
     return result
 
 

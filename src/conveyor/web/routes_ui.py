@@ -9,6 +9,7 @@ follows its log through the API's SSE stream.
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import time
 from collections.abc import Callable, Coroutine
@@ -141,9 +142,8 @@ async def _trends(runtime: Runtime) -> dict[str, Any]:
     hit = _trend_cache.get(key)
     if hit is not None and hit[0] > time.monotonic():
         return dict(hit[1])
-    now = runtime.clock()
-    hours = await dashboard.build_trend(runtime.store, now, 24, "hour")
-    days = await dashboard.build_trend(runtime.store, now, 7, "day")
+    trends = await dashboard.build_trends(runtime.store, runtime.clock())
+    hours, days = trends.hours, trends.days
     value = {
         "success_24h": charts.success_chart(hours, True, "Success rate, last 24 hours"),
         "duration_24h": charts.duration_chart(hours, True, "Mean duration, last 24 hours"),
@@ -188,15 +188,21 @@ async def _cluster(runtime: Runtime, caller: Caller) -> dict[str, Any]:
 async def dashboard_page(
     request: Request, runtime: RuntimeDep, caller: CallerDep, fragment: str | None = None
 ) -> Response:
-    queue = await routes_builds.queue(runtime, caller)
-    agents = await runtime.store.list_agents()
+    # Independent reads, run together (each on its own pooled connection).
+    queue, running, agents, cluster, trends = await asyncio.gather(
+        routes_builds.queue(runtime, caller),
+        _running(runtime),
+        runtime.store.list_agents(),
+        _cluster(runtime, caller),
+        _trends(runtime),
+    )
     context = {
-        "running": await _running(runtime),
+        "running": running,
         "queue": queue,
         "agents": agents,
         "agent_state": _agent_state,
-        "cluster": await _cluster(runtime, caller),
-        "trends": await _trends(runtime),
+        "cluster": cluster,
+        "trends": trends,
     }
     return render(request, "dashboard.html", caller, "dashboard", context, fragment)
 
@@ -394,7 +400,8 @@ async def cluster_page(
     request: Request, runtime: RuntimeDep, caller: CallerDep, fragment: str | None = None
 ) -> Response:
     context = await _cluster(runtime, caller)
-    context["schema_current"] = await current_revision(runtime.store.write_engine)
+    # The read engine: on SQLite the write engine is one connection that writers queue for.
+    context["schema_current"] = await current_revision(runtime.store.read_engine)
     context["schema_head"] = head_revision()
     context["is_leader"] = runtime.lease.is_leader
     return render(request, "cluster.html", caller, "cluster", context, fragment)
