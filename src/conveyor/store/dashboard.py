@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, literal_column, select, union_all
+from sqlalchemy import ColumnElement, TextClause, case, func, literal_column, select, text
 
 from conveyor.core.states import ACTIVE_STATES, BuildState
 from conveyor.store.base import StoreBase
@@ -52,7 +52,6 @@ class RecentBuild:
     number: int
     state: BuildState
     duration_seconds: float | None
-    finished_at: datetime | None
 
 
 def _hour_expr(dialect: str) -> ColumnElement[Any]:
@@ -132,42 +131,44 @@ async def build_trends(store: StoreBase, now: datetime) -> Trends:
 UNION_CHUNK = 200
 
 
+_SQL_DURATION = {
+    "postgresql": "EXTRACT(EPOCH FROM finished_at - started_at)",
+    "sqlite": "(julianday(finished_at) - julianday(started_at)) * 86400.0",
+}
+
+
+def _recent_statement(dialect: str, count: int) -> TextClause:
+    # Plain SQL: building and compiling a 200-part SQLAlchemy construct costs more
+    # than running it. The duration is computed in the database (no timestamp parsing).
+    part = (
+        "SELECT * FROM (SELECT job_name, id, number, state, "
+        f"{_SQL_DURATION[dialect]} AS duration "
+        "FROM builds WHERE job_name = :n{i} ORDER BY id DESC LIMIT :per_job) AS p{i}"
+    )
+    return text(" UNION ALL ".join(part.replace("{i}", str(i)) for i in range(count)))
+
+
 async def recent_builds_per_job(
     store: StoreBase, job_names: Sequence[str], per_job: int = 20
 ) -> dict[str, list[RecentBuild]]:
     """Each job's newest builds, newest first. One statement for up to UNION_CHUNK
     jobs: a UNION ALL of per-job ``ORDER BY id DESC LIMIT n`` parts, each an index
     range on (job_name, id), so it stays cheap however long the history is."""
-    duration = _duration_expr(store.dialect).label("duration")
     result: dict[str, list[RecentBuild]] = {name: [] for name in job_names}
     names = list(job_names)
     async with store.read() as conn:
         for start in range(0, len(names), UNION_CHUNK):
-            parts = [
-                select(
-                    builds.c.job_name,
-                    builds.c.id,
-                    builds.c.number,
-                    builds.c.state,
-                    builds.c.finished_at,
-                    duration,
-                )
-                .where(builds.c.job_name == name)
-                .order_by(builds.c.id.desc())
-                .limit(per_job)
-                .subquery()
-                .select()
-                for name in names[start : start + UNION_CHUNK]
-            ]
-            rows = (await conn.execute(union_all(*parts))).all()
-            for r in rows:
+            chunk = names[start : start + UNION_CHUNK]
+            params: dict[str, Any] = {f"n{i}": name for i, name in enumerate(chunk)}
+            params["per_job"] = per_job
+            statement = _recent_statement(store.dialect, len(chunk))
+            for r in (await conn.execute(statement, params)).all():
                 result[r.job_name].append(
                     RecentBuild(
                         id=r.id,
                         number=r.number,
                         state=BuildState(r.state),
                         duration_seconds=None if r.duration is None else float(r.duration),
-                        finished_at=r.finished_at,
                     )
                 )
     for recent in result.values():
