@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from conveyor.core.states import BuildState
 from conveyor.runtime import Runtime, hash_token
 from conveyor.store import dashboard
-from conveyor.web import logwindow
+from conveyor.web import logwindow, routes_ui
 from conveyor.web.permissions import can
 from tests.api.conftest import _client, dispatch_once
 from tests.conftest import FakeClock
@@ -238,3 +238,24 @@ async def test_trends_bucket_finished_builds_by_hour_and_day(
     assert [b.state for b in recent["team/app"]] == [BuildState.FAILED]
     html = (await client.get(f"/ui/builds/{build_id}")).text
     assert "boom" in html and "Re-run with the same parameters" in html
+
+
+async def test_trend_charts_refresh_in_the_background(
+    client: httpx.AsyncClient, runtime: Runtime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _job_with_build(client)
+    _, assignment, agent = await _running_build(runtime, clock)
+    before = (await client.get("/ui/")).text
+    assert "Success rate, last 24 hours: no builds" in before
+    await runtime.store.finish_build(assignment, agent, BuildState.SUCCEEDED, None, clock())
+    # Within the cache period the page shows the charts it has.
+    assert "last 24 hours: no builds" in (await client.get("/ui/")).text
+    monkeypatch.setattr(routes_ui, "TREND_CACHE_SECONDS", 0.0)
+    routes_ui._trend_cache[id(runtime)].expires = 0.0
+    stale = (await client.get("/ui/")).text  # served at once, refresh started
+    assert "last 24 hours: no builds" in stale
+    refresh = routes_ui._trend_cache[id(runtime)].refresh
+    if refresh is not None:  # it may have finished while the page was served
+        await refresh
+    fresh = (await client.get("/ui/")).text
+    assert "Success rate, last 24 hours: 100% succeeded (1 builds)" in fresh

@@ -13,11 +13,13 @@ import asyncio
 import difflib
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import structlog
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
@@ -50,6 +52,7 @@ CSP = (
     "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 )
 
+log = structlog.get_logger(__name__)
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.globals["can"] = can
 templates.env.filters["duration"] = charts.human_duration
@@ -132,26 +135,50 @@ async def static(name: str) -> FileResponse:
 
 # ---- dashboard ---------------------------------------------------------------------------
 
-_trend_cache: dict[tuple[int, str], tuple[float, Any]] = {}
+
+@dataclass
+class _Cached:
+    value: dict[str, Any]
+    expires: float
+    refresh: asyncio.Task[None] | None = None
 
 
-async def _trends(runtime: Runtime) -> dict[str, Any]:
-    """The four charts; recomputed at most every TREND_CACHE_SECONDS per runtime
-    (they aggregate the whole week's history, and nobody needs them to the second)."""
-    key = (id(runtime), "trends")
-    hit = _trend_cache.get(key)
-    if hit is not None and hit[0] > time.monotonic():
-        return dict(hit[1])
+_trend_cache: dict[int, _Cached] = {}
+
+
+async def _compute_trends(runtime: Runtime) -> dict[str, Any]:
     trends = await dashboard.build_trends(runtime.store, runtime.clock())
     hours, days = trends.hours, trends.days
-    value = {
+    return {
         "success_24h": charts.success_chart(hours, True, "Success rate, last 24 hours"),
         "duration_24h": charts.duration_chart(hours, True, "Mean duration, last 24 hours"),
         "success_7d": charts.success_chart(days, False, "Success rate, last 7 days"),
         "duration_7d": charts.duration_chart(days, False, "Mean duration, last 7 days"),
     }
-    _trend_cache[key] = (time.monotonic() + TREND_CACHE_SECONDS, value)
-    return value
+
+
+async def _trends(runtime: Runtime) -> dict[str, Any]:
+    """The four charts. They aggregate a week of history (a scan that grows with it),
+    so they are computed at most every TREND_CACHE_SECONDS per runtime and, once the
+    first is there, off the request path: a page gets the last charts while a
+    background task refreshes them (stale-while-revalidate)."""
+    entry = _trend_cache.get(id(runtime))
+    if entry is None:
+        entry = _Cached(await _compute_trends(runtime), time.monotonic() + TREND_CACHE_SECONDS)
+        _trend_cache[id(runtime)] = entry
+    elif entry.expires <= time.monotonic() and entry.refresh is None:
+        entry.refresh = asyncio.create_task(_refresh_trends(runtime, entry))
+    return entry.value
+
+
+async def _refresh_trends(runtime: Runtime, entry: _Cached) -> None:
+    try:
+        entry.value = await _compute_trends(runtime)
+    except Exception:  # keep showing the last charts; the next page view retries
+        log.warning("ui.trends_refresh_failed", exc_info=True)
+    finally:
+        entry.expires = time.monotonic() + TREND_CACHE_SECONDS
+        entry.refresh = None
 
 
 async def _running(runtime: Runtime) -> list[dict[str, Any]]:
