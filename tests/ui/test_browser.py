@@ -47,6 +47,14 @@ stages:
       - echo: LAST LINE
 """
 
+BIG_LOG_JOB = """
+name: ui/biglog
+stages:
+  - name: print
+    steps:
+      - sh: seq 1 200000 | sed 's/^/row /'
+"""
+
 SLOW_JOB = """
 name: ui/slow
 stages:
@@ -66,7 +74,7 @@ def conveyor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]:
     try:
         wait_agents_online(controller, 1)
         with controller.client() as c:
-            for spec in (PARAMS_JOB, SLOW_JOB):
+            for spec in (PARAMS_JOB, SLOW_JOB, BIG_LOG_JOB):
                 assert c.post("/api/v1/jobs", json={"spec": spec}).status_code == 201
         yield controller
     finally:
@@ -203,6 +211,59 @@ def test_drain_and_resume_an_agent(page: Page, conveyor: Controller) -> None:
     expect(card.locator(".state")).to_have_text("draining", timeout=30_000)
     card.get_by_role("button", name="Resume ui-agent").click()
     expect(card.locator(".state")).to_have_text("online", timeout=30_000)
+
+
+def _line_number(page: Page, text: str) -> int:
+    line = page.locator("[data-log-lines] .line", has_text=re.compile(rf"^\d+{text}$"))
+    expect(line).to_have_count(1)
+    number = int(line.locator("a.ln").inner_text())
+    assert line.get_attribute("id") == f"L{number}"
+    return number
+
+
+def test_a_big_log_loads_its_tail_and_pages_back(page: Page, conveyor: Controller) -> None:
+    with conveyor.client() as c:
+        build_id = c.post("/api/v1/jobs/ui/biglog/builds", json={"parameters": {}}).json()["id"]
+    wait_until(lambda: _finished(conveyor, build_id), 120, what="the big-log build")
+    page.goto(f"/ui/builds/{build_id}")
+    log = page.locator("[data-log-lines]")
+    expect(log).to_contain_text("row 200000")
+    expect(page.locator("[data-log-status]")).to_contain_text("Build succeeded")
+    # Only the tail is in the page (about 256 KB of a 2.3 MB log), numbered truly.
+    shown = log.locator(".line").count()
+    assert 10_000 < shown < 40_000, shown
+    header = _line_number(page, "row 200000") - 200000
+    assert header >= 1  # the step's header line comes first
+    first_shown = int(log.locator(".line").first.locator("a.ln").inner_text())
+    older = page.get_by_role("button", name="Load older lines")
+    older.click()
+    expect(log.locator(f"#L{first_shown - 1}")).to_have_count(1)
+    row = first_shown - 1 - header
+    assert _line_number(page, f"row {row}") == first_shown - 1
+    assert log.locator(".line").count() > shown
+
+    # A link to an early line shows the part of the log around it, and marks it:
+    # followed on the page (hash change) and opened afresh.
+    for fresh in (False, True):
+        if fresh:
+            page.goto("about:blank")
+        page.goto(f"/ui/builds/{build_id}#L{header + 5}")
+        target = log.locator(f"#L{header + 5}")
+        expect(target).to_have_text(f"{header + 5}row 5")
+        expect(target).to_have_class(re.compile("hl"))
+        expect(older).to_be_hidden()
+        assert log.locator(".line").count() < 40_000
+    newer = page.get_by_role("button", name="Load newer lines")
+    last_shown = int(log.locator(".line").last.locator("a.ln").inner_text())
+    newer.click()
+    expect(log.locator(f"#L{last_shown + 1}")).to_have_text(
+        f"{last_shown + 1}row {last_shown + 1 - header}"
+    )
+
+
+def _finished(conveyor: Controller, build_id: int) -> bool:
+    with conveyor.client() as c:
+        return c.get(f"/api/v1/builds/{build_id}").json()["result"] == "succeeded"
 
 
 PAGES = {

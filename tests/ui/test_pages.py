@@ -202,6 +202,18 @@ async def test_log_windows_page_backwards_with_absolute_line_numbers(
         assert str(older["text"]).startswith(f"line {older['first_line']} ")
         assert int(str(older["first_line"])) + str(older["text"]).count("\n") == first_line
         assert (await window(end=0))["text"] == ""
+        # Around a line (50 lines of context above it), then onwards from there.
+        around = await window(line=1000)
+        assert around["first_line"] == 950
+        assert str(around["text"]).startswith("line 950 ")
+        assert str(around["text"]).endswith("\n") and int(str(around["end"])) < len(data)
+        after = await window(
+            start=int(str(around["end"])), start_line=950 + str(around["text"]).count("\n")
+        )
+        assert str(after["text"]).startswith(f"line {after['first_line']} ")
+        assert await window(line=99_999) == tail  # no such line: the tail
+        r = await client.get(f"/ui/builds/{build_id}/log-window", params={"start": 0})
+        assert r.status_code == 400 and "start_line" in r.text
         if phase == "live chunks":
             await runtime.store.finish_build(assignment, agent, BuildState.SUCCEEDED, None, clock())
             await runtime.builds.compact_log(build_id)

@@ -5,7 +5,9 @@ a line start, plus the number of the first line in it so line numbers (and their
 anchors) are absolute; "load older" asks for the window ending where the shown part
 begins, passing that part's first line number, so the count never needs a rescan.
 Only the very first request counts the newlines before the tail (once per finished
-log: cached, the bytes never change).
+log: cached, the bytes never change). A link to line N asks for the window that
+starts a little before line N (found by counting newlines from the start), and
+"load newer" for the window after the shown part.
 """
 
 from __future__ import annotations
@@ -65,6 +67,56 @@ async def newlines_before(runtime: Runtime, build: BuildRecord, offset: int) -> 
         if len(_newline_cache) > _CACHE_SIZE:
             _newline_cache.popitem(last=False)
     return count
+
+
+def _window(build: BuildRecord, start: int, first_line: int, data: bytes, total: int) -> LogWindow:
+    end = start + len(data)
+    if end < total:  # end at a line boundary; the next window starts there
+        cut = data.rfind(b"\n")
+        if cut >= 0:
+            data = data[: cut + 1]
+            end = start + len(data)
+    keep = complete_utf8_length(data)
+    end -= len(data) - keep
+    return LogWindow(
+        start=start,
+        end=end,
+        first_line=first_line,
+        text=data[:keep].decode("utf-8", errors="replace"),
+        size=total,
+        state=build.state.value,
+    )
+
+
+async def log_window_after(
+    runtime: Runtime, build: BuildRecord, start: int, start_line: int, size: int = WINDOW
+) -> LogWindow:
+    """The part that starts at byte ``start`` (a line start, line ``start_line``)."""
+    total = build.log_size
+    start = max(0, min(start, total))
+    data = await read_log(runtime, build, start, size) if start < total else b""
+    return _window(build, start, start_line, data, total)
+
+
+async def line_offset(runtime: Runtime, build: BuildRecord, line: int) -> tuple[int, int] | None:
+    """(byte offset, number) of the start of ``line`` (1-based); None when the log has
+    fewer lines."""
+    seen = 1  # the line that starts at ``position``
+    position = 0
+    while seen < line:
+        data = await read_log(runtime, build, position, COUNT_PAGE)
+        if not data:
+            return None
+        newlines = data.count(b"\n")
+        if seen + newlines < line:
+            seen += newlines
+            position += len(data)
+            continue
+        # The wanted line starts after the (line - seen)-th newline of this page.
+        rest = data.split(b"\n", line - seen)[-1]
+        position += len(data) - len(rest)
+        return (position, line) if position < build.log_size else None
+    return position, seen
 
 
 async def log_window(

@@ -46,6 +46,8 @@ STATIC_FILES = {
     "app.js": "text/javascript; charset=utf-8",
 }
 HISTORY_PAGE = 25
+#: Lines shown above a linked line.
+LINE_CONTEXT = 50
 TREND_CACHE_SECONDS = 15.0
 CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -393,10 +395,26 @@ async def build_log_window(
     _: CallerDep,
     end: Annotated[int | None, Query(ge=0)] = None,
     end_line: Annotated[int | None, Query(ge=1)] = None,
+    start: Annotated[int | None, Query(ge=0)] = None,
+    start_line: Annotated[int | None, Query(ge=1)] = None,
+    line: Annotated[int | None, Query(ge=1)] = None,
 ) -> JSONResponse:
-    """JSON for the log viewer: {start, end, first_line, text, size, state}."""
+    """JSON for the log viewer: {start, end, first_line, text, size, state}. The tail
+    by default; ``end`` (+ ``end_line``): the part before; ``start`` + ``start_line``:
+    the part after; ``line``: the part around that line (the tail if there is none)."""
     build = await runtime.store.get_build(build_id)
-    window = await log_window(runtime, build, end, end_line, logwindow.WINDOW)
+    size = logwindow.WINDOW
+    found = None
+    if line is not None:
+        found = await logwindow.line_offset(runtime, build, max(1, line - LINE_CONTEXT))
+    if found is not None:
+        window = await logwindow.log_window_after(runtime, build, found[0], found[1], size)
+    elif start is not None:
+        if start_line is None:
+            raise InvalidInput("start needs start_line, the number of the line at start")
+        window = await logwindow.log_window_after(runtime, build, start, start_line, size)
+    else:
+        window = await log_window(runtime, build, end, end_line, size)
     return JSONResponse(window.__dict__, headers={"Cache-Control": "no-store"})
 
 

@@ -300,20 +300,17 @@ class LogView {
     this.box = section.querySelector("[data-log-lines]");
     this.status = section.querySelector("[data-log-status]");
     this.older = section.querySelector("[data-log-older]");
+    this.newer = section.querySelector("[data-log-newer]");
     this.follow = section.querySelector("[data-log-follow]");
-    this.ansi = new AnsiState();
-    this.current = null; // the open (not yet newline-terminated) last line
-    this.nextLine = 1;
-    this.start = 0;
-    this.firstLine = 1;
-    this.offset = 0;
-    this.ended = false;
+    this.generation = 0; // bumped whenever the view is reloaded: stale streams stop
     this.older.addEventListener("click", () => this.loadOlder());
+    this.newer.addEventListener("click", () => this.loadNewer());
     this.box.addEventListener("scroll", () => {
       const atBottom = this.box.scrollHeight - this.box.scrollTop - this.box.clientHeight < 24;
       if (!atBottom && this.follow.checked && !this.scrolling) this.follow.checked = false;
     });
     this.follow.addEventListener("change", () => this.scrollToEnd());
+    window.addEventListener("hashchange", () => this.showAnchor());
   }
 
   lineElement(number) {
@@ -324,7 +321,7 @@ class LogView {
     return line;
   }
 
-  // Appends text at the end; returns how many lines were started.
+  // Appends text at the end (it may end in the middle of a line).
   append(text) {
     const parts = text.split("\n");
     const fragment = document.createDocumentFragment();
@@ -351,11 +348,11 @@ class LogView {
   }
 
   // Lines before what we show, rendered separately (own colour state) and put on top.
-  prepend(window) {
+  prepend(window_) {
     const fragment = document.createDocumentFragment();
     const ansi = new AnsiState();
-    let number = window.first_line;
-    const lines = window.text.split("\n");
+    let number = window_.first_line;
+    const lines = window_.text.split("\n");
     if (lines[lines.length - 1] === "") lines.pop();
     lines.forEach((text) => {
       const line = this.lineElement(number++);
@@ -365,8 +362,8 @@ class LogView {
     const before = this.box.scrollHeight;
     this.box.insertBefore(fragment, this.box.firstChild);
     this.box.scrollTop += this.box.scrollHeight - before;
-    this.start = window.start;
-    this.firstLine = window.first_line;
+    this.start = window_.start;
+    this.firstLine = window_.first_line;
     this.older.hidden = this.start === 0;
   }
 
@@ -382,16 +379,45 @@ class LogView {
     }
   }
 
-  async init() {
-    const window_ = await api("GET", `/ui/builds/${this.id}/log-window`);
+  async loadNewer() {
+    this.newer.disabled = true;
+    try {
+      const url = `/ui/builds/${this.id}/log-window?start=${this.offset}&start_line=${this.nextLine}`;
+      const window_ = await api("GET", url);
+      this.offset = window_.end;
+      this.append(window_.text);
+      this.atBottom(window_);
+    } catch (err) {
+      flash(`Could not load newer lines: ${err.message}`);
+    } finally {
+      this.newer.disabled = false;
+    }
+  }
+
+  // (Re)load the view: the tail, or the part around one line (query "line=N").
+  async load(query) {
+    this.generation++;
+    if (this.source) this.source.close();
+    this.box.textContent = "";
+    this.ansi = new AnsiState();
+    this.current = null;
+    const window_ = await api("GET", `/ui/builds/${this.id}/log-window${query}`);
     this.start = window_.start;
     this.firstLine = window_.first_line;
     this.nextLine = window_.first_line;
     this.offset = window_.end;
     this.older.hidden = this.start === 0;
     this.append(window_.text);
-    await this.showAnchor();
-    if (FINISHED.includes(window_.state) && window_.end >= window_.size) {
+    this.atBottom(window_);
+  }
+
+  // What happens below the shown part: more to page through, the live stream, or the end.
+  atBottom(window_) {
+    const reachedEnd = window_.end >= window_.size;
+    this.newer.hidden = reachedEnd;
+    if (!reachedEnd) {
+      this.status.textContent = `Showing lines ${this.firstLine}–${this.nextLine - 1}.`;
+    } else if (FINISHED.includes(window_.state)) {
       this.finish(window_.state);
     } else {
       this.status.textContent = "Following the live log…";
@@ -399,12 +425,27 @@ class LogView {
     }
   }
 
-  // A #L123 link to a line before the tail: page back until it is loaded.
-  async showAnchor() {
+  wantedLine() {
     const match = /^#L(\d+)$/.exec(window.location.hash);
-    if (!match) return;
-    const wanted = Number(match[1]);
-    for (let i = 0; i < 400 && wanted < this.firstLine && this.start > 0; i++) await this.loadOlder();
+    return match ? Number(match[1]) : null;
+  }
+
+  async init() {
+    const wanted = this.wantedLine();
+    if (wanted) this.follow.checked = false;
+    await this.load(wanted ? `?line=${wanted}` : "");
+    await this.showAnchor();
+  }
+
+  // A #L123 link: mark the line, loading the part of the log around it if needed.
+  async showAnchor() {
+    const wanted = this.wantedLine();
+    if (!wanted) return;
+    this.box.querySelectorAll(".line.hl").forEach((el) => el.classList.remove("hl"));
+    if (!document.getElementById(`L${wanted}`)) {
+      this.follow.checked = false;
+      await this.load(`?line=${wanted}`);
+    }
     const line = document.getElementById(`L${wanted}`);
     if (line) {
       this.follow.checked = false;
@@ -414,31 +455,31 @@ class LogView {
   }
 
   stream() {
+    const generation = this.generation;
     const source = new EventSource(`/api/v1/builds/${this.id}/log/stream?offset=${this.offset}`, {
       withCredentials: true,
     });
     this.source = source;
     source.addEventListener("log", (event) => {
       const data = JSON.parse(event.data);
-      if (data.offset !== this.offset) return; // a replay after a reconnect: already shown
+      if (generation !== this.generation || data.offset !== this.offset) return; // stale or replayed
       this.offset = data.next_offset;
       this.append(data.text);
     });
     source.addEventListener("end", (event) => {
       source.close();
-      this.finish(JSON.parse(event.data).state);
+      if (generation === this.generation) this.finish(JSON.parse(event.data).state);
     });
     source.addEventListener("error", () => {
       // EventSource would reconnect from the first offset: reopen from where we are.
       source.close();
-      if (!this.ended) setTimeout(() => this.stream(), 2000);
+      if (generation === this.generation && !this.ended) setTimeout(() => this.stream(), 2000);
     });
   }
 
   finish(state) {
     this.ended = true;
-    const lines = this.nextLine - 1;
-    this.status.textContent = `Build ${state.replace("_", " ")}. ${lines} lines.`;
+    this.status.textContent = `Build ${state.replace("_", " ")}. ${this.nextLine - 1} lines.`;
     this.section.dataset.state = state;
     applyBuildState(state);
     refreshAllNow();
