@@ -298,9 +298,11 @@ async def job_page(
 ) -> Response:
     job = await runtime.store.get_job(name)
     pipeline = parse_pipeline(job.spec, f"{job.name}.yml")
-    history = await runtime.store.list_builds(job.name, (), cursor, HISTORY_PAGE)
+    history, versions = await asyncio.gather(
+        runtime.store.list_builds(job.name, (), cursor, HISTORY_PAGE),
+        runtime.store.job_versions(job.name),
+    )
     next_cursor = history[-1].id if len(history) == HISTORY_PAGE else None
-    versions = await runtime.store.job_versions(job.name)
     by_number = {v.version: v for v in versions}
     shown = by_number.get(version or job.version)
     if shown is None:
