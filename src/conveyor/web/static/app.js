@@ -313,11 +313,13 @@ class LogView {
     window.addEventListener("hashchange", () => this.showAnchor());
   }
 
+  // Line-number links are for pointing and sharing; they are left out of the Tab order
+  // (a log has thousands), the log box itself is focusable and scrolls with the keys.
   lineElement(number) {
     const line = document.createElement("div");
     line.className = "line";
     line.id = `L${number}`;
-    line.innerHTML = `<a class="ln" href="#L${number}" aria-label="line ${number}">${number}</a><span class="txt"></span>`;
+    line.innerHTML = `<a class="ln" href="#L${number}" tabindex="-1" aria-label="line ${number}">${number}</a><span class="txt"></span>`;
     return line;
   }
 
