@@ -324,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name,
             *(f"{figures[k]:.1f}" if k in figures else "–" for k in ("p50_ms", "p95_ms", "max_ms")),
         )
-    Console().print(table)
+    Console(width=120).print(table)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from conveyor.core.states import BuildState
 from conveyor.runtime import Runtime, hash_token
 from conveyor.store import dashboard
-from conveyor.web import logwindow, routes_ui
+from conveyor.store.dashboard import RecentBuild
+from conveyor.web import charts, logwindow, routes_ui
 from conveyor.web.permissions import can
 from tests.api.conftest import _client, dispatch_once
 from tests.conftest import FakeClock
@@ -271,3 +272,19 @@ async def test_trend_charts_refresh_in_the_background(
         await refresh
     fresh = (await client.get("/ui/")).text
     assert "Success rate, last 24 hours: 100% succeeded (1 builds)" in fresh
+
+
+def test_charts_and_figures_read_well() -> None:
+    recent = [
+        RecentBuild(id=i, number=i, state=BuildState.SUCCEEDED, duration_seconds=i * 10.0)
+        for i in (3, 2, 1)
+    ]
+    svg = str(charts.sparkline(recent))
+    assert svg.count("<rect") == 3 and "#3 succeeded 30 s" in svg
+    assert 'aria-label="last 3 builds, longest 30 s"' in svg
+    assert "no builds" in str(charts.sparkline([]))
+    assert charts.human_duration(None) == "–" and charts.human_duration(3725) == "1 h 02 min"
+    assert charts.figure("memory_total", 25276203008) == "23.5 GiB"
+    assert charts.figure("net_recv_bytes", 512) == "512 B"
+    assert charts.figure("load1", 9.5458984375) == "9.55"
+    assert charts.figure("processes", 12345) == "12,345"

@@ -42,14 +42,17 @@ def sparkline(recent: Sequence[RecentBuild], width: int = 120, height: int = 24)
     if not items:
         return Markup('<span class="muted">no builds</span>')
     longest = max((b.duration_seconds or 0.0) for b in items) or 1.0
-    slot = width / max(len(items), 1)
+    # Slots for a full history (20 builds), newest at the right edge, so bars of
+    # jobs with few builds look like those of the others.
+    slot = width / max(len(items), 20)
+    left = width - slot * len(items)
     bars = []
     for i, b in enumerate(items):
         h = max(2.0, (b.duration_seconds or 0.0) / longest * (height - 2))
         cls = STATE_CLASS.get(b.state, "active")
         title = f"#{b.number} {b.state.value} {human_duration(b.duration_seconds)}"
         bars.append(
-            f'<rect class="{cls}" x="{i * slot + 1:.1f}" y="{height - h:.1f}" '
+            f'<rect class="{cls}" x="{left + i * slot + 1:.1f}" y="{height - h:.1f}" '
             f'width="{max(slot - 2, 1):.1f}" height="{h:.1f}"><title>{escape(title)}</title></rect>'
         )
     label = f"last {len(items)} builds, longest {human_duration(longest)}"
@@ -143,3 +146,18 @@ def _frame(width: int, height: int, label: str, marks: list[str]) -> Markup:
         f'role="img" aria-label="{escape(label)}"><title>{escape(label)}</title>'
         f"{''.join(marks)}</svg>"
     )
+
+
+def figure(name: str, value: object) -> str:
+    """An agent's heartbeat figure for people: bytes in KiB…TiB, fractions rounded."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if name.endswith(("bytes", "_total")) or ("memory" in name and value > 1024):
+        amount = float(value)
+        for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+            if amount < 1024 or unit == "TiB":
+                return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+            amount /= 1024
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return f"{value:,}"

@@ -58,6 +58,7 @@ log = structlog.get_logger(__name__)
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.globals["can"] = can
 templates.env.filters["duration"] = charts.human_duration
+templates.env.globals["figure"] = charts.figure
 
 
 def _when(value: datetime | None) -> str:
