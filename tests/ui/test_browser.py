@@ -286,7 +286,11 @@ def test_every_page_renders_and_is_screenshotted(
         try:
             page = context.new_page()
             errors: list[Any] = []
-            page.on("pageerror", errors.append)
+
+            def on_error(exc: Any, errors: list[Any] = errors) -> None:
+                errors.append(exc)
+
+            page.on("pageerror", on_error)
             for name, path in PAGES.items():
                 response = page.goto(path)
                 assert response is not None and response.status == 200, (name, response)
