@@ -18,6 +18,9 @@ from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS
 
 LOG_LINES = 400
 
+# Generous liveness bounds: this machine is shared, and a slow answer is not a wrong one.
+expect.set_options(timeout=60_000)
+
 PARAMS_JOB = f"""
 name: ui/params
 description: Parameters from the form, a coloured log, an artifact
