@@ -207,6 +207,15 @@ def test_rerun_with_the_same_parameters(page: Page, conveyor: Controller) -> Non
 
 
 def test_drain_and_resume_an_agent(page: Page, conveyor: Controller) -> None:
+    # A login session's CSRF cookie is echoed in X-CSRF-Token on every action.
+    page.context.add_cookies([{"name": "conveyor_csrf", "value": "csrf-123", "url": conveyor.url}])
+    posts: list[dict[str, str]] = []
+
+    def on_request(request: Any) -> None:
+        if request.method == "POST":
+            posts.append(request.headers)
+
+    page.on("request", on_request)
     page.goto("/ui/agents")
     card = page.locator("article.agent", has_text="ui-agent")
     expect(card.locator(".state")).to_have_text("online")
@@ -214,6 +223,8 @@ def test_drain_and_resume_an_agent(page: Page, conveyor: Controller) -> None:
     expect(card.locator(".state")).to_have_text("draining", timeout=30_000)
     card.get_by_role("button", name="Resume ui-agent").click()
     expect(card.locator(".state")).to_have_text("online", timeout=30_000)
+    assert len(posts) == 2
+    assert all(h.get("x-csrf-token") == "csrf-123" for h in posts), posts
 
 
 def _line_number(page: Page, text: str) -> int:

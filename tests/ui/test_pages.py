@@ -288,3 +288,17 @@ def test_charts_and_figures_read_well() -> None:
     assert charts.figure("net_recv_bytes", 512) == "512 B"
     assert charts.figure("load1", 9.5458984375) == "9.55"
     assert charts.figure("processes", 12345) == "12,345"
+
+
+async def test_a_login_session_gets_a_logout_form_with_its_csrf_token(
+    app: FastAPI, runtime: Runtime
+) -> None:
+    headers = {"Authorization": f"Bearer {runtime.first_admin_token}"}
+    async with _client(app, headers) as c:
+        plain = (await c.get("/ui/cluster")).text
+        assert "Signed in as <strong" in plain and 'action="/logout"' not in plain
+        c.cookies.set("conveyor_session", "s", domain="conveyor.test")
+        c.cookies.set("conveyor_csrf", "csrf-xyz", domain="conveyor.test")
+        html = (await c.get("/ui/cluster")).text
+    assert '<form method="post" action="/logout"' in html
+    assert '<input type="hidden" name="csrf_token" value="csrf-xyz">' in html
