@@ -15,6 +15,7 @@ from conveyor.core.states import BuildState
 from conveyor.runtime import Runtime, hash_token
 from conveyor.store import dashboard
 from conveyor.store.dashboard import RecentBuild
+from conveyor.store.failures import record_failure_analysis
 from conveyor.web import charts, logwindow, routes_ui
 from conveyor.web.permissions import can
 from tests.api.conftest import _client, dispatch_once
@@ -302,3 +303,18 @@ async def test_a_login_session_gets_a_logout_form_with_its_csrf_token(
         html = (await c.get("/ui/cluster")).text
     assert '<form method="post" action="/logout"' in html
     assert '<input type="hidden" name="csrf_token" value="csrf-xyz">' in html
+
+
+async def test_a_failed_build_shows_why_with_a_link_to_the_line(
+    client: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    await _job_with_build(client)
+    build_id, assignment, agent = await _running_build(runtime, clock)
+    await runtime.store.finish_build(assignment, agent, BuildState.FAILED, "step failed", clock())
+    detail = {"pattern": "pytest", "line_number": 42, "line": "FAILED tests/test_x.py::test_y"}
+    await record_failure_analysis(runtime.store, build_id, "test", "a test failed", detail)
+    html = (await client.get(f"/ui/builds/{build_id}")).text
+    assert "Why it failed" in html
+    assert "<strong data-failure-category>test</strong>" in html
+    assert '<a href="#L42">line 42</a>' in html
+    assert "FAILED tests/test_x.py::test_y" in html
