@@ -82,11 +82,13 @@ class PageRoute(APIRoute):
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse(f"/login?next={quote(target, safe='/')}", 303)
             except ConveyorError as exc:
-                return templates.TemplateResponse(
-                    request,
-                    "error.html",
-                    {"title": exc.title, "message": str(exc), "caller": None, "nav": ""},
-                    status_code=exc.status,
+                return _secured(
+                    templates.TemplateResponse(
+                        request,
+                        "error.html",
+                        {"title": exc.title, "message": str(exc), "caller": None, "nav": ""},
+                        status_code=exc.status,
+                    )
                 )
 
         return page_handler
@@ -113,7 +115,10 @@ def render(
         **context,
     }
     template = name.replace(".html", "_live.html") if fragment == "live" else name
-    response = templates.TemplateResponse(request, template, base)
+    return _secured(templates.TemplateResponse(request, template, base))
+
+
+def _secured(response: Response) -> Response:
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cache-Control"] = "no-store"
