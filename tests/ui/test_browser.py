@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
@@ -278,6 +279,39 @@ def test_a_big_log_loads_its_tail_and_pages_back(page: Page, conveyor: Controlle
 def _finished(conveyor: Controller, build_id: int) -> bool:
     with conveyor.client() as c:
         return c.get(f"/api/v1/builds/{build_id}").json()["result"] == "succeeded"
+
+
+def test_ui_events_announce_changes(conveyor: Controller) -> None:
+    headers = {"Authorization": f"Bearer {conveyor.token}"}
+    with (
+        httpx.Client(base_url=conveyor.url, headers=headers, timeout=60) as c,
+        c.stream("GET", "/ui/events") as events,
+    ):
+        assert events.status_code == 200
+        assert events.headers["content-type"].startswith("text/event-stream")
+        lines = events.iter_lines()
+        assert "event: ready" in [next(lines), next(lines)]
+        build = c.post("/api/v1/jobs/ui/slow/builds", json={"parameters": {}}).json()["id"]
+        try:
+            for line in lines:  # a change within a few seconds (read timeout: 60 s)
+                if line == "event: change":
+                    break
+        finally:
+            c.post(f"/api/v1/builds/{build}/cancel")
+
+
+def test_the_dashboard_follows_changes_without_reloading(page: Page, conveyor: Controller) -> None:
+    page.goto("/ui/")
+    _mark(page)
+    with conveyor.client() as c:
+        build = c.post("/api/v1/jobs/ui/slow/builds", json={"parameters": {}}).json()
+    try:
+        # Sooner than the 30 s safety-net poll: the /ui/events stream said so.
+        expect(page.locator("#live")).to_contain_text(f"ui/slow #{build['number']}", timeout=25_000)
+    finally:
+        with conveyor.client() as c:
+            c.post(f"/api/v1/builds/{build['id']}/cancel")
+    assert _not_reloaded(page)
 
 
 PAGES = {

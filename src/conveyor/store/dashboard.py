@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, TextClause, case, func, literal_column, se
 
 from conveyor.core.states import ACTIVE_STATES, BuildState
 from conveyor.store.base import StoreBase
-from conveyor.store.schema import build_steps, builds
+from conveyor.store.schema import agents, build_steps, builds
 
 ACTIVE = [s.value for s in ACTIVE_STATES]
 
@@ -208,3 +208,31 @@ async def count_active(store: StoreBase) -> dict[str, int]:
             )
         ).all()
     return {str(state): int(n) for state, n in rows}
+
+
+async def change_marks(store: StoreBase) -> tuple[Any, ...]:
+    """A cheap fingerprint of what the live parts of the UI show: the newest build
+    id, every unfinished build's state and cancel flag, and every agent's state and
+    figures. It changes when something on those pages would (index reads only)."""
+    unfinished = [*ACTIVE, BuildState.QUEUED.value]
+    async with store.read() as conn:
+        newest = await conn.scalar(select(func.max(builds.c.id)))
+        active = (
+            await conn.execute(
+                select(builds.c.id, builds.c.state, builds.c.cancel_requested)
+                .where(builds.c.state.in_(unfinished))
+                .order_by(builds.c.id)
+            )
+        ).all()
+        fleet = (
+            await conn.execute(
+                select(
+                    agents.c.id,
+                    agents.c.online,
+                    agents.c.draining,
+                    agents.c.cpu_percent,
+                    agents.c.memory_percent,
+                ).order_by(agents.c.id)
+            )
+        ).all()
+    return (newest, tuple(tuple(r) for r in active), tuple(tuple(r) for r in fleet))

@@ -3,8 +3,9 @@ services, hand typed rows to a template. Authentication is the API's (``CallerDe
 a page that gets Unauthorized redirects to the login page instead of answering JSON.
 
 Live parts of a page (``<div data-refresh=...>``) are re-rendered by the same route
-with ``?fragment=live`` and swapped in by app.js every few seconds; the build page
-follows its log through the API's SSE stream.
+with ``?fragment=live`` and swapped in by app.js when /ui/events (SSE) announces a
+change, or every few seconds for parts it does not cover; the build page follows
+its log through the API's SSE stream.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from urllib.parse import quote
 
 import structlog
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
@@ -30,7 +31,13 @@ from conveyor.api import routes_builds, routes_cluster
 from conveyor.api.deps import Caller, CallerDep, RuntimeDep
 from conveyor.core.pipeline import parse_pipeline
 from conveyor.core.states import ACTIVE_STATES, BuildState
-from conveyor.errors import ConveyorError, InvalidInput, NotFound, Unauthorized
+from conveyor.errors import (
+    ConveyorError,
+    InvalidInput,
+    NotFound,
+    StoreUnavailable,
+    Unauthorized,
+)
 from conveyor.runtime import Runtime
 from conveyor.store import dashboard
 from conveyor.store.failures import get_failure_analysis
@@ -49,6 +56,9 @@ HISTORY_PAGE = 25
 #: Lines shown above a linked line.
 LINE_CONTEXT = 50
 TREND_CACHE_SECONDS = 15.0
+#: How often /ui/events looks for changes, and sends a keep-alive when there are none.
+EVENTS_INTERVAL = 2.0
+EVENTS_KEEPALIVE = 15.0
 CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
@@ -138,6 +148,40 @@ async def static(name: str) -> FileResponse:
         HERE / "static" / name,
         media_type=STATIC_FILES[name],
         headers={"Cache-Control": "max-age=300"},
+    )
+
+
+@router.get("/ui/events")
+async def ui_events(request: Request, runtime: RuntimeDep, _: CallerDep) -> StreamingResponse:
+    """Server-Sent Events for the live parts of list pages: ``ready`` once, then
+    ``change`` whenever builds, the queue or the agents change (checked every
+    EVENTS_INTERVAL seconds with one cheap read); pages then re-render their live
+    parts. One stream per open page, instead of each part polling on its own."""
+
+    async def stream() -> AsyncIterator[str]:
+        yield "retry: 5000\nevent: ready\ndata: {}\n\n"
+        last: tuple[Any, ...] | None = None
+        quiet = 0.0
+        while not await request.is_disconnected():
+            marks: tuple[Any, ...] | None
+            try:
+                marks = await dashboard.change_marks(runtime.store)
+            except StoreUnavailable:  # the database is away: say nothing, try again
+                marks = last
+            if last is not None and marks != last:
+                yield "event: change\ndata: {}\n\n"
+                quiet = 0.0
+            last = marks
+            await asyncio.sleep(EVENTS_INTERVAL)
+            quiet += EVENTS_INTERVAL
+            if quiet >= EVENTS_KEEPALIVE:
+                yield ": keepalive\n\n"
+                quiet = 0.0
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 

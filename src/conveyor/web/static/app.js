@@ -67,15 +67,34 @@ async function refreshRegion(region) {
   }
 }
 
+// Parts marked data-events are refreshed when /ui/events says something changed; while
+// that stream is up they poll only every EVENTS_FALLBACK ms, as a safety net. Other
+// parts (a running build's steps, the cluster's heartbeats) poll at their interval.
+const EVENTS_FALLBACK = 30000;
+let eventsUp = false;
+
 function startRegions() {
   document.querySelectorAll("[data-refresh]").forEach((el) => {
-    const region = { el, last: null, busy: false };
+    const region = { el, last: null, busy: false, at: Date.now() };
     regions.push(region);
     const seconds = Number(el.dataset.interval || 5);
     setInterval(() => {
       if (document.hidden || "stopped" in el.dataset) return;
+      if ("events" in el.dataset && eventsUp && Date.now() - region.at < EVENTS_FALLBACK) return;
+      region.at = Date.now();
       refreshRegion(region);
     }, seconds * 1000);
+  });
+  if (!regions.some((r) => "events" in r.el.dataset)) return;
+  const source = new EventSource("/ui/events", { withCredentials: true });
+  source.addEventListener("ready", () => (eventsUp = true));
+  source.addEventListener("error", () => (eventsUp = false)); // it reconnects by itself
+  source.addEventListener("change", () => {
+    regions.forEach((r) => {
+      if (!("events" in r.el.dataset) || "stopped" in r.el.dataset) return;
+      r.at = Date.now();
+      refreshRegion(r);
+    });
   });
 }
 
