@@ -322,7 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, figures in report["results"].items():
         table.add_row(
             name,
-            *(f"{figures[k]:.1f}" if k in figures else "–" for k in ("p50_ms", "p95_ms", "max_ms")),
+            *(
+                f"{figures[k]:.1f}" if k in figures else "–"
+                for k in ("p50_ms", "p95_ms", "max_ms", "cpu_p95_ms")
+            ),
         )
     Console(width=120).print(table)
     if args.json:
