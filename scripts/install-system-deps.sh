@@ -5,7 +5,8 @@ set -euo pipefail
 
 # nginx and haproxy: the load balancers the HA tests and `conveyor cluster up` run.
 # systemd: systemd-analyze checks the shipped units (tests/deploy).
-packages=(python3-venv python3-dev git procps nginx haproxy prometheus swift-proxy swift-object swift-container swift-account memcached systemd)
+# chromium: the browser the web UI tests drive through Playwright (tests/ui).
+packages=(python3-venv python3-dev git procps nginx haproxy prometheus swift-proxy swift-object swift-container swift-account memcached systemd chromium)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

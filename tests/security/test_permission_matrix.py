@@ -11,6 +11,7 @@ caller → neither 401 nor 403, and never a 5xx."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,9 @@ class Call:
     path: str  # with {own}, {other}, {own_build}, {other_build}, {agent} placeholders
     body: Any = None
     headers: dict[str, str] | None = None
+    #: An endless event stream: admitted when it is still open after a moment (a
+    #: refusal answers at once, before any streaming starts).
+    endless: bool = False
 
 
 def own_other(family: str, path: str, body: Any = None) -> list[Call]:
@@ -197,6 +201,19 @@ ROUTE_FAMILIES: dict[tuple[str, str], list[Call]] = {
         Call("users", "/api/v1/grants/revoke", {"user": "nobody", "role": "viewer"})
     ],
     ("GET", "/api/v1/audit"): [Call("audit", "/api/v1/audit")],
+    # web UI pages
+    ("GET", "/"): [Call("public", "/")],
+    ("GET", "/ui/static/{name}"): [Call("public", "/ui/static/app.css")],
+    ("GET", "/ui/events"): [Call("job.read:list", "/ui/events", endless=True)],
+    ("GET", "/ui/"): [Call("job.read:list", "/ui/")],
+    ("GET", "/ui/jobs"): [Call("job.read:list", "/ui/jobs")],
+    ("GET", "/ui/jobs/{name:path}"): own_other("job.read", "/ui/jobs/JOB"),
+    ("GET", "/ui/builds/{build_id}"): own_other("job.read", "/ui/builds/BUILD"),
+    ("GET", "/ui/builds/{build_id}/log-window"): own_other(
+        "job.read", "/ui/builds/BUILD/log-window"
+    ),
+    ("GET", "/ui/agents"): [Call("fleet.read", "/ui/agents")],
+    ("GET", "/ui/cluster"): [Call("fleet.read", "/ui/cluster")],
     # credentials
     ("GET", "/api/v1/credentials"): [Call("credential.read", "/api/v1/credentials")],
     ("POST", "/api/v1/credentials"): [
@@ -347,7 +364,18 @@ async def _send(app: FastAPI, caller: str, call: Call, world: dict[str, Any]) ->
             kwargs["data"] = call.body["form"]
         elif call.body is not None:
             kwargs["json"] = call.body
-        return await c.request(world["method"], path, **kwargs)
+        request = c.request(world["method"], path, **kwargs)
+        if not call.endless:
+            return await request
+        try:
+            return await asyncio.wait_for(request, timeout=3.0)
+        except TimeoutError:
+            return httpx.Response(200)  # streaming: the gate let it through
+
+
+def path_is_page(call: Call) -> bool:
+    """Web UI pages send an anonymous browser to the sign-in form instead of a 401."""
+    return call.path.startswith("/ui/")
 
 
 async def test_permission_matrix(app: FastAPI, world: dict[str, Any]) -> None:
@@ -366,14 +394,18 @@ async def test_permission_matrix(app: FastAPI, world: dict[str, Any]) -> None:
                     if r.status_code in (401, 403) and "missing" in r.text:
                         failures.append(f"{where}: the gate refused a public route: {r.text}")
                 elif caller == ANON:
-                    if r.status_code != 401:
+                    if path_is_page(call) and r.status_code == 303:
+                        if not r.headers["location"].startswith("/login?next="):
+                            failures.append(f"{where}: redirected to {r.headers['location']}")
+                    elif r.status_code != 401:
                         failures.append(f"{where}: expected 401, got {r.status_code}")
                 elif allowed and r.status_code in (401, 403):
                     failures.append(f"{where}: expected access, got {r.status_code} {r.text}")
                 elif not allowed:
                     if r.status_code != 403:
                         failures.append(f"{where}: expected 403, got {r.status_code}")
-                    elif "permission" not in r.json()["detail"] and "agent" not in r.text:
+                    elif "permission" not in r.text and "agent" not in r.text:
+                        # (the JSON problem's detail, or the HTML error page of a UI page)
                         failures.append(f"{where}: 403 without the missing permission: {r.text}")
     assert not failures, "\n".join(failures)
 

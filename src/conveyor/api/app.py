@@ -31,6 +31,7 @@ from conveyor.api.middleware import RequestMiddleware
 from conveyor.runtime import Runtime
 from conveyor.security.install import install as install_security
 from conveyor.security.policy import authorize
+from conveyor.web import routes_ui
 
 #: What a standby controller answers before it leads.
 STANDBY_PATHS = frozenset({"/healthz", "/metrics", "/prometheus"})
@@ -96,4 +97,5 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
     app.include_router(routes_publications.router)
     app.include_router(routes_publications.agent_router)
     app.include_router(routes_retention.router)
+    app.include_router(routes_ui.router)
     return app

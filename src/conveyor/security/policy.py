@@ -114,6 +114,17 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/agent-tokens"): need(P.AGENT_MANAGE),
     ("DELETE", "/api/v1/agent-tokens/{token_id}"): need(P.AGENT_MANAGE),
     ("GET", "/api/v1/audit"): need(P.AUDIT_READ),
+    # web UI pages (listings filter what the caller may read)
+    ("GET", "/"): PUBLIC,  # a redirect to /ui/
+    ("GET", "/ui/static/{name}"): PUBLIC,  # CSS and JS, also for the sign-in page
+    ("GET", "/ui/events"): need(P.JOB_READ),
+    ("GET", "/ui/"): need(P.JOB_READ),
+    ("GET", "/ui/jobs"): need(P.JOB_READ),
+    ("GET", "/ui/jobs/{name:path}"): need(P.JOB_READ, "name"),
+    ("GET", "/ui/builds/{build_id}"): need(P.JOB_READ, "build"),
+    ("GET", "/ui/builds/{build_id}/log-window"): need(P.JOB_READ, "build"),
+    ("GET", "/ui/agents"): need(P.AGENT_READ),
+    ("GET", "/ui/cluster"): need(P.CLUSTER_READ),
     # browser login
     ("GET", "/login"): PUBLIC,
     ("POST", "/login"): PUBLIC,  # checks its own CSRF token
