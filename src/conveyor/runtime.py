@@ -12,6 +12,7 @@ from pathlib import Path
 
 import structlog
 
+from conveyor.backup.schedule import SCHEDULER_INTERVAL, BackupScheduler
 from conveyor.blobs import BlobStore, FolderBlobStore, open_blob_store
 from conveyor.controller.builds import BuildService
 from conveyor.controller.clock import Clock, utcnow
@@ -122,6 +123,9 @@ class Runtime:
         retention = ArtifactRetention.from_settings(
             self.settings, self.store, self.blobs, self.lease, self.clock, self.metrics
         )
+        backups = BackupScheduler(
+            self.settings, self.store, self.lease, self.clock, self.metrics
+        )
         self.loops = [
             LoopRunner("leader", self.lease.run_once, self.lease.next_attempt_in),
             LoopRunner("membership", self.membership.run_once, HEARTBEAT_SECONDS),
@@ -129,6 +133,7 @@ class Runtime:
             LoopRunner("retention", retention.run_once, RETENTION_INTERVAL),
             LoopRunner("reaper", self.reaper.run_once, min(5.0, self.settings.agent_timeout / 3)),
             LoopRunner("metrics", self.metrics_updater.run_once, MetricsUpdater.INTERVAL),
+            LoopRunner("backups", backups.run_once, SCHEDULER_INTERVAL),
         ]
         for loop in self.loops:
             loop.start()

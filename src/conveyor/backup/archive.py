@@ -34,6 +34,7 @@ from conveyor.backup.manifest import (
     digest,
     object_path,
 )
+from conveyor.backup.progress import QUIET, Reporter
 from conveyor.backup.secrets import seal, unseal
 from conveyor.blobs import BlobStore
 from conveyor.blobs.copy import sha256_of
@@ -44,19 +45,6 @@ PARALLEL = 4
 #: Blobs up to this size are read once into memory (hash, then store); bigger ones are
 #: hashed in a first streaming pass and copied in a second, only if needed.
 IN_MEMORY = 16 * 1024 * 1024
-
-
-class Reporter:
-    """Progress of a long operation (the CLI shows it as Rich progress bars)."""
-
-    def stage(self, description: str, total: float | None) -> None:
-        """A new stage begins; ``total`` in its own unit (bytes or rows), None if unknown."""
-
-    def advance(self, amount: float) -> None:
-        """Some of the current stage is done."""
-
-
-QUIET = Reporter()
 
 
 @dataclass(frozen=True)

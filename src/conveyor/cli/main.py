@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from conveyor import __version__
-from conveyor.cli import agent, blobs, builds, cluster, jobs, lb
+from conveyor.cli import agent, backup, blobs, builds, cluster, jobs, lb
 from conveyor.core.dispatch import Strategy
 
 app = typer.Typer(
@@ -23,6 +23,10 @@ app.add_typer(agent.app, name="agent")
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(blobs.app, name="blobs")
 app.command("lb-config")(lb.lb_config)
+app.add_typer(backup.app, name="backup")
+app.add_typer(backup.store_app, name="store")
+app.command("restore")(backup.restore)
+app.command("drill")(backup.drill)
 
 HomeOpt = Annotated[
     Path, typer.Option(envvar="CONVEYOR_HOME", help="state folder (SQLite, blobs, tokens)")

@@ -81,7 +81,9 @@ async def last_successful_backup_at(store: Store) -> datetime | None:
     """When the newest successful backup finished (None if there never was one)."""
     async with store.read() as conn:
         value = await conn.scalar(
-            select(func.max(backup_runs.c.finished_at)).where(backup_runs.c.ok.is_(True))
+            select(func.max(backup_runs.c.finished_at)).where(
+                backup_runs.c.ok.is_(True), backup_runs.c.kind != "prune"
+            )
         )
     return backup_runs.c.finished_at.type.process_result_value(value, conn.dialect)  # type: ignore[no-any-return]
 
