@@ -132,7 +132,7 @@ async def run_drill(
         ]))
         headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(base_url=controller_url, headers=headers, timeout=10) as http:
-            await _wait(lambda: _ready(http, procs[0]), START_TIMEOUT, "the drill controller to be ready")
+            await _wait(lambda: _ready(http, procs[0], scratch / "controller.log"), START_TIMEOUT, "the drill controller to be ready")
             procs.append(_start(scratch, "agent", [
                 "agent", "--url", controller_url, "--name", f"drill-{secrets.token_hex(3)}",
                 "--labels", DRILL_LABEL, "--executors", "1", "--workdir", str(scratch / "agent"),
@@ -189,7 +189,7 @@ def _start(scratch: Path, name: str, args: list[str], token: str | None = None) 
         return subprocess.Popen(
             [sys.executable, "-m", "conveyor", *args],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True, cwd=scratch,
+            env=env, start_new_session=True,
         )
 
 
@@ -204,9 +204,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-async def _ready(http: httpx.AsyncClient, proc: subprocess.Popen[bytes]) -> bool:
+async def _ready(http: httpx.AsyncClient, proc: subprocess.Popen[bytes], log: Path) -> bool:
     if proc.poll() is not None:
-        raise DrillFailed(f"the drill controller exited with {proc.returncode} (see its log)")
+        tail = log.read_text(errors="replace")[-1500:] if log.is_file() else ""
+        raise DrillFailed(f"the drill controller exited with {proc.returncode}: {tail}")
     try:
         return (await http.get("/readyz")).status_code == 200
     except httpx.HTTPError:
