@@ -123,9 +123,7 @@ class Runtime:
         retention = ArtifactRetention.from_settings(
             self.settings, self.store, self.blobs, self.lease, self.clock, self.metrics
         )
-        backups = BackupScheduler(
-            self.settings, self.store, self.lease, self.clock, self.metrics
-        )
+        backups = BackupScheduler(self.settings, self.store, self.lease, self.clock, self.metrics)
         self.loops = [
             LoopRunner("leader", self.lease.run_once, self.lease.next_attempt_in),
             LoopRunner("membership", self.membership.run_once, HEARTBEAT_SECONDS),

@@ -87,7 +87,8 @@ class Settings(BaseSettings):
         " needs backup_passphrase",
     )
     backup_passphrase: str | None = Field(
-        default=None, description="passphrase sealing backup_secret_files (CONVEYOR_BACKUP_PASSPHRASE)"
+        default=None,
+        description="passphrase sealing backup_secret_files (CONVEYOR_BACKUP_PASSPHRASE)",
     )
 
     def resolved_database_url(self) -> str:

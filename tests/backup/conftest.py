@@ -43,7 +43,8 @@ stages:
   - name: build
     steps:
       - sh: for i in $(seq 1 200); do echo "line $i of build $N"; done
-      - sh: mkdir -p dist && head -c 20000 /dev/urandom > dist/app.bin && echo "report $N" > report.txt
+      - sh: mkdir -p dist && head -c 20000 /dev/urandom > dist/app.bin
+      - sh: echo "report $N" > report.txt
       - archive: [report.txt, "dist/*.bin"]
 """
 
@@ -58,7 +59,9 @@ class Source:
     build_ids: list[int]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "conveyor", *args],
         capture_output=True,
@@ -77,7 +80,9 @@ def populate(home: Path, database_url: str | None, builds: int = 3) -> Source:
         with controller.client() as c:
             assert c.post("/api/v1/jobs", json={"spec": PIPELINE}).status_code == 201
             ids = [
-                c.post("/api/v1/jobs/backup/sample/builds", json={"parameters": {"N": str(i)}}).json()["id"]
+                c.post(
+                    "/api/v1/jobs/backup/sample/builds", json={"parameters": {"N": str(i)}}
+                ).json()["id"]
                 for i in range(builds)
             ]
         for build_id in ids:
@@ -104,15 +109,31 @@ async def _extra_rows(url: str, build_id: int) -> None:
         async with store.write() as conn:
             await conn.execute(
                 insert(notification_deliveries).values(
-                    build_id=build_id, notifier="hook", event="finished", kind="webhook",
-                    delivery_id="d-1", reason="ünïcode ✓", state="delivered", attempts=2,
-                    last_error=None, created_at=now, updated_at=now, finished_at=now,
+                    build_id=build_id,
+                    notifier="hook",
+                    event="finished",
+                    kind="webhook",
+                    delivery_id="d-1",
+                    reason="ünïcode ✓",
+                    state="delivered",
+                    attempts=2,
+                    last_error=None,
+                    created_at=now,
+                    updated_at=now,
+                    finished_at=now,
                 )
             )
             await conn.execute(
                 insert(backup_runs).values(
-                    backup_id="old", kind="full", target="x", trigger="cli", started_at=now,
-                    finished_at=now, ok=False, size_bytes=0, error="earlier failure",
+                    backup_id="old",
+                    kind="full",
+                    target="x",
+                    trigger="cli",
+                    started_at=now,
+                    finished_at=now,
+                    ok=False,
+                    size_bytes=0,
+                    error="earlier failure",
                 )
             )
     finally:

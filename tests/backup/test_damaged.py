@@ -35,8 +35,14 @@ def assert_refused(target: Path, backup_id: str, tmp_path: Path, words: str) -> 
     assert "Traceback" not in verify.stderr
     database = tmp_path / "restored.db"
     restore = run_cli(
-        "restore", backup_id, "--from", str(target), "--database", f"sqlite:///{database}",
-        "--blobs", str(tmp_path / "restored-blobs"),
+        "restore",
+        backup_id,
+        "--from",
+        str(target),
+        "--database",
+        f"sqlite:///{database}",
+        "--blobs",
+        str(tmp_path / "restored-blobs"),
     )
     assert restore.returncode == 1, restore.stdout + restore.stderr
     assert words in restore.stderr and "Traceback" not in restore.stderr

@@ -10,7 +10,9 @@ from tests.backup.conftest import Source, run_cli
 from tests.backup.test_roundtrip import backup
 
 
-def test_drill_restores_runs_a_smoke_build_and_reports(sqlite_source: Source, tmp_path: Path) -> None:
+def test_drill_restores_runs_a_smoke_build_and_reports(
+    sqlite_source: Source, tmp_path: Path
+) -> None:
     target = tmp_path / "backups"
     backup_id = backup(sqlite_source, target)
     done = run_cli("drill", "--from", str(target), "--rto", "300", "--rpo", "86400", timeout=400)

@@ -12,8 +12,17 @@ from tests.backup.conftest import Source, blob_files, logical_rows, run_cli
 
 def backup(source: Source, target: Path, *extra: str) -> str:
     done = run_cli(
-        "backup", "create", "--to", str(target), "--home", str(source.home),
-        "--database", source.database_url, "--blob-dir", str(source.blob_dir), *extra,
+        "backup",
+        "create",
+        "--to",
+        str(target),
+        "--home",
+        str(source.home),
+        "--database",
+        source.database_url,
+        "--blob-dir",
+        str(source.blob_dir),
+        *extra,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.split()[1]
@@ -21,8 +30,15 @@ def backup(source: Source, target: Path, *extra: str) -> str:
 
 def restore(target: Path, backup_id: str, database: str, blobs: Path, *extra: str) -> object:
     return run_cli(
-        "restore", backup_id, "--from", str(target), "--database", database,
-        "--blobs", str(blobs), *extra,
+        "restore",
+        backup_id,
+        "--from",
+        str(target),
+        "--database",
+        database,
+        "--blobs",
+        str(blobs),
+        *extra,
     )
 
 
@@ -33,15 +49,25 @@ def state(source: Source) -> tuple[dict[str, list[dict[str, object]]], dict[str,
 
 
 def assert_identical(
-    expected: tuple[dict[str, list[dict[str, object]]], dict[str, bytes]], database: str, blobs: Path
+    expected: tuple[dict[str, list[dict[str, object]]], dict[str, bytes]],
+    database: str,
+    blobs: Path,
 ) -> None:
     before, originals = expected
     after = logical_rows(database)
     assert before.keys() == after.keys()
     for table in before:
         assert before[table] == after[table], table
-    for table in ("jobs", "job_versions", "builds", "build_steps", "artifacts", "api_tokens",
-                  "notification_deliveries", "backup_runs"):
+    for table in (
+        "jobs",
+        "job_versions",
+        "builds",
+        "build_steps",
+        "artifacts",
+        "api_tokens",
+        "notification_deliveries",
+        "backup_runs",
+    ):
         assert before[table], f"{table} should have rows to compare"
     assert any(k.startswith("logs/") for k in originals)
     assert any(k.startswith("artifacts/") for k in originals)
@@ -120,8 +146,13 @@ def test_incremental_holds_only_new_blobs(sqlite_source: Source, tmp_path: Path)
         objects = [f for f in manifest["files"] if f.startswith("objects/")]
         assert len(objects) == 1  # the new blob only
         assert manifest["blobs"]["artifacts/999/new.txt"]["holder"] == incremental
-        assert manifest["blobs"]["logs/" + sorted(
-            k.split("/", 1)[1] for k in manifest["blobs"] if k.startswith("logs/"))[0]]["holder"] == full
+        assert (
+            manifest["blobs"][
+                "logs/"
+                + sorted(k.split("/", 1)[1] for k in manifest["blobs"] if k.startswith("logs/"))[0]
+            ]["holder"]
+            == full
+        )
         listed = run_cli("backup", "list", "--to", str(target))
         assert full in listed.stdout and incremental in listed.stdout
         database = f"sqlite:///{tmp_path / 'restored.db'}"
@@ -139,9 +170,20 @@ def test_no_artifacts_and_encrypted_key(sqlite_source: Source, tmp_path: Path) -
     target = tmp_path / "backups"
     env = {"CONVEYOR_BACKUP_PASSPHRASE": "correct horse battery"}
     done = run_cli(
-        "backup", "create", "--to", str(target), "--home", str(sqlite_source.home),
-        "--database", sqlite_source.database_url, "--blob-dir", str(sqlite_source.blob_dir),
-        "--no-artifacts", "--include-key", str(key), env=env,
+        "backup",
+        "create",
+        "--to",
+        str(target),
+        "--home",
+        str(sqlite_source.home),
+        "--database",
+        sqlite_source.database_url,
+        "--blob-dir",
+        str(sqlite_source.blob_dir),
+        "--no-artifacts",
+        "--include-key",
+        str(key),
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     backup_id = done.stdout.split()[1]
@@ -151,21 +193,48 @@ def test_no_artifacts_and_encrypted_key(sqlite_source: Source, tmp_path: Path) -
     assert b"super-secret" not in sealed
     database = f"sqlite:///{tmp_path / 'r.db'}"
     wrong = run_cli(
-        "restore", backup_id, "--from", str(target), "--database", database, "--blobs",
-        str(tmp_path / "blobs"), "--files-to", str(tmp_path / "files"), "--passphrase", "wrong passphrase",
+        "restore",
+        backup_id,
+        "--from",
+        str(target),
+        "--database",
+        database,
+        "--blobs",
+        str(tmp_path / "blobs"),
+        "--files-to",
+        str(tmp_path / "files"),
+        "--passphrase",
+        "wrong passphrase",
     )
     assert wrong.returncode == 2 and "wrong passphrase" in wrong.stderr
     assert not (tmp_path / "r.db").exists() or not logical_rows(database).get("builds")
     right = run_cli(
-        "restore", backup_id, "--from", str(target), "--database", database, "--blobs",
-        str(tmp_path / "blobs"), "--files-to", str(tmp_path / "files"), env=env,
+        "restore",
+        backup_id,
+        "--from",
+        str(target),
+        "--database",
+        database,
+        "--blobs",
+        str(tmp_path / "blobs"),
+        "--files-to",
+        str(tmp_path / "files"),
+        env=env,
     )
     assert right.returncode == 0, right.stderr
     assert (tmp_path / "files" / "credentials.key").read_bytes() == key.read_bytes()
     # Without a passphrase, including a key is refused before anything is written.
     refused = run_cli(
-        "backup", "create", "--to", str(tmp_path / "other"), "--home", str(sqlite_source.home),
-        "--database", sqlite_source.database_url, "--include-key", str(key),
+        "backup",
+        "create",
+        "--to",
+        str(tmp_path / "other"),
+        "--home",
+        str(sqlite_source.home),
+        "--database",
+        sqlite_source.database_url,
+        "--include-key",
+        str(key),
         env={"CONVEYOR_BACKUP_PASSPHRASE": ""},
     )
     assert refused.returncode == 2 and "passphrase" in refused.stderr

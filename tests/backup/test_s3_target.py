@@ -11,7 +11,8 @@ from typing import Any
 
 from conveyor.blobs import open_blob_store
 from tests.backup.conftest import Source, blob_files, logical_rows, run_cli
-from tests.blobs.conftest import S3Server, s3_server  # noqa: F401  (the fixture)
+from tests.blobs.conftest import S3Server
+from tests.blobs.conftest import s3_server as s3_server
 from tests.conftest import run_sync
 
 
@@ -26,12 +27,24 @@ async def _s3_files(url: str) -> dict[str, bytes]:
 
 
 def test_backup_to_s3_and_restore_from_it(
-    sqlite_source: Source, s3_server: S3Server, tmp_path: Path, new_pg: Any  # noqa: F811
+    sqlite_source: Source,
+    s3_server: S3Server,
+    tmp_path: Path,
+    new_pg: Any,
 ) -> None:
     target = s3_server.url(f"backups-{uuid.uuid4().hex[:8]}")
-    before_rows, before_blobs = logical_rows(sqlite_source.database_url), blob_files(sqlite_source.blob_dir)
-    common = ["--home", str(sqlite_source.home), "--database", sqlite_source.database_url,
-              "--blob-dir", str(sqlite_source.blob_dir)]
+    before_rows, before_blobs = (
+        logical_rows(sqlite_source.database_url),
+        blob_files(sqlite_source.blob_dir),
+    )
+    common = [
+        "--home",
+        str(sqlite_source.home),
+        "--database",
+        sqlite_source.database_url,
+        "--blob-dir",
+        str(sqlite_source.blob_dir),
+    ]
     full = run_cli("backup", "create", "--to", target, *common)
     assert full.returncode == 0, full.stderr
     incremental = run_cli("backup", "create", "--incremental", "--to", target, *common)
@@ -62,9 +75,19 @@ def test_backup_to_s3_and_restore_from_it(
     data = bytearray(stored[key])
     data[0] ^= 0xFF
     bucket_prefix = target.split("?")[0].split("/", 3)[3]
-    s3_server.client().put_object(Bucket=s3_server.bucket, Key=f"{bucket_prefix}/{key}", Body=bytes(data))  # type: ignore[attr-defined]
+    s3_server.client().put_object(
+        Bucket=s3_server.bucket, Key=f"{bucket_prefix}/{key}", Body=bytes(data)
+    )  # type: ignore[attr-defined]
     damaged = run_cli("backup", "verify", inc_id, "--to", target)
     assert damaged.returncode == 1 and "is corrupt" in damaged.stderr
-    again = run_cli("restore", inc_id, "--from", target, "--database", f"sqlite:///{tmp_path / 'x.db'}",
-                    "--blobs", str(tmp_path / "b"))
+    again = run_cli(
+        "restore",
+        inc_id,
+        "--from",
+        target,
+        "--database",
+        f"sqlite:///{tmp_path / 'x.db'}",
+        "--blobs",
+        str(tmp_path / "b"),
+    )
     assert again.returncode == 1 and not (tmp_path / "x.db").exists()

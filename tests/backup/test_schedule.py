@@ -43,9 +43,15 @@ async def test_gauge_comes_from_the_store_on_every_controller(store: Store) -> N
         await s.run_once()
     assert gauge(leader) is None and gauge(follower) is None  # absent: BackupMissing fires
     done = clock.now - timedelta(hours=2)
-    await record_backup_run(store, BackupRun("b1", "full", "t", "cli", done - timedelta(minutes=1), done, True, 10))
-    await record_backup_run(store, BackupRun("", "full", "t", "cli", clock.now, clock.now, False, 0, "disk full"))
-    await record_backup_run(store, BackupRun("", "prune", "t", "schedule", clock.now, clock.now, True))
+    await record_backup_run(
+        store, BackupRun("b1", "full", "t", "cli", done - timedelta(minutes=1), done, True, 10)
+    )
+    await record_backup_run(
+        store, BackupRun("", "full", "t", "cli", clock.now, clock.now, False, 0, "disk full")
+    )
+    await record_backup_run(
+        store, BackupRun("", "prune", "t", "schedule", clock.now, clock.now, True)
+    )
     for s in schedulers:
         await s.run_once()
     assert gauge(leader) == gauge(follower) == pytest.approx(done.timestamp())

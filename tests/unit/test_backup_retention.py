@@ -93,10 +93,13 @@ def test_a_kept_backup_never_loses_its_chain(
         newest = max(backups, key=lambda b: (b.created_at, b.id))
         assert newest.id in kept
     recent_incrementals = {
-        b.id for b in backups
+        b.id
+        for b in backups
         if b.kind == "incremental" and b.created_at >= NOW - timedelta(days=days)
     }
     assert recent_incrementals <= kept
     kept_fulls = [b for b in backups if b.kind == "full" and b.id in kept]
     weeks_with_fulls = {b.created_at.isocalendar()[:2] for b in backups if b.kind == "full"}
-    assert len({b.created_at.isocalendar()[:2] for b in kept_fulls}) >= min(weekly, len(weeks_with_fulls))
+    assert len({b.created_at.isocalendar()[:2] for b in kept_fulls}) >= min(
+        weekly, len(weeks_with_fulls)
+    )

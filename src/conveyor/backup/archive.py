@@ -239,7 +239,9 @@ async def _backup_blobs(
             else:
                 stored = await target.put_stream(f"{manifest.id}/{name}", sources.blobs.stream(key))
             if stored.sha256 != sha:
-                raise InvalidInput(f"blob {key} changed while it was backed up; run the backup again")
+                raise InvalidInput(
+                    f"blob {key} changed while it was backed up; run the backup again"
+                )
             manifest.files[name] = FileEntry(stored.size, stored.sha256)
             storing[sha].set()
             holder = manifest.id
@@ -283,7 +285,9 @@ async def check_files(
                 holders[blob.holder] = await read_manifest(target, blob.holder)
             except (NotFound, BackupDamaged) as exc:
                 problems.append(f"blob {key} is in backup {blob.holder}, which is unusable: {exc}")
-                holders[blob.holder] = Manifest(blob.holder, "full", None, manifest.created_at, "", None, "")
+                holders[blob.holder] = Manifest(
+                    blob.holder, "full", None, manifest.created_at, "", None, ""
+                )
                 continue
         name = object_path(blob.sha256)
         entry = holders[blob.holder].files.get(name)
@@ -370,7 +374,10 @@ async def verify_backup(
     if wrong:
         raise BackupDamaged(
             backup_id,
-            [f"table {t}: {got} rows restored, manifest says {want}" for t, (got, want) in wrong.items()],
+            [
+                f"table {t}: {got} rows restored, manifest says {want}"
+                for t, (got, want) in wrong.items()
+            ],
         )
     report.rows_restored = loaded
     return report
@@ -405,7 +412,9 @@ async def restore_backup(
     if manifest.secrets and files_to is not None and not passphrase:
         raise InvalidInput("the backup holds encrypted secrets: give --passphrase to restore them")
     if blobs is None and manifest.blobs:
-        raise InvalidInput(f"backup {backup_id} holds {len(manifest.blobs)} blobs: say where they go (--blobs)")
+        raise InvalidInput(
+            f"backup {backup_id} holds {len(manifest.blobs)} blobs: say where they go (--blobs)"
+        )
     with tempfile.TemporaryDirectory(prefix="conveyor-restore-") as scratch:
         folder = Path(scratch)
         await check_files(target, manifest, reporter, keep_db_in=folder)
@@ -427,17 +436,23 @@ async def restore_backup(
         copied = await _restore_blobs(target, manifest, blobs, reporter)
     written: list[Path] = []
     if files_to is not None:
-        files_to.mkdir(parents=True, exist_ok=True)
-        for name in manifest.config:
-            data = await _read_all(target, f"{backup_id}/config/{name}")
-            (files_to / name).write_bytes(data)
-            written.append(files_to / name)
-        for name, data in secrets.items():
-            path = files_to / name
-            path.touch(mode=0o600)
+        files = {n: await _read_all(target, f"{backup_id}/config/{n}") for n in manifest.config}
+        written = await asyncio.to_thread(_write_files, files_to, files, secrets)
+    return RestoreReport(backup_id, rows, len(manifest.blobs), copied, written)
+
+
+def _write_files(folder: Path, config: dict[str, bytes], secrets: dict[str, bytes]) -> list[Path]:
+    """Configuration files as they were; secrets readable by their owner only."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for files, mode in ((config, 0o644), (secrets, 0o600)):
+        for name, data in files.items():
+            path = folder / name
+            path.touch(mode=mode)
+            path.chmod(mode)
             path.write_bytes(data)
             written.append(path)
-    return RestoreReport(backup_id, rows, len(manifest.blobs), copied, written)
+    return written
 
 
 async def _restore_blobs(

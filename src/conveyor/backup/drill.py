@@ -75,7 +75,9 @@ class DrillResult:
     smoke_build: int = 0
 
     def lines(self) -> list[str]:
-        rpo = f"{self.rpo_seconds:.0f}s ({self.rpo_basis})" if self.rpo_seconds is not None else "n/a"
+        rpo = (
+            f"{self.rpo_seconds:.0f}s ({self.rpo_basis})" if self.rpo_seconds is not None else "n/a"
+        )
         return [
             f"backup:  {self.backup_id}",
             f"restore: {self.restore_seconds:.1f}s, {sum(self.row_counts.values())} rows;"
@@ -101,7 +103,9 @@ async def run_drill(
     log: Callable[[str], None] = lambda _m: None,
 ) -> DrillResult:
     started = time.monotonic()
-    manifest = await (latest_backup(target) if backup == "latest" else read_manifest(target, backup))
+    manifest = await (
+        latest_backup(target) if backup == "latest" else read_manifest(target, backup)
+    )
     scratch = Path(tempfile.mkdtemp(prefix="conveyor-drill-")) if workdir is None else workdir
     scratch.mkdir(parents=True, exist_ok=True)
     db_url = f"sqlite:///{scratch / 'drill.db'}"
@@ -125,19 +129,54 @@ async def run_drill(
             rpo, basis = (datetime.now(UTC) - manifest.created_at).total_seconds(), "backup age"
         reporter.stage("controller + agent", None)
         controller_url = f"http://127.0.0.1:{_free_port()}"
-        procs.append(_start(scratch, "controller", [
-            "server", "--home", str(scratch / "home"), "--database", db_url,
-            "--blob-dir", str(scratch / "blobs"), "--port", controller_url.rsplit(":", 1)[1],
-            "--log-level", "warning",
-        ]))
+        procs.append(
+            _start(
+                scratch,
+                "controller",
+                [
+                    "server",
+                    "--home",
+                    str(scratch / "home"),
+                    "--database",
+                    db_url,
+                    "--blob-dir",
+                    str(scratch / "blobs"),
+                    "--port",
+                    controller_url.rsplit(":", 1)[1],
+                    "--log-level",
+                    "warning",
+                ],
+            )
+        )
         headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(base_url=controller_url, headers=headers, timeout=10) as http:
-            await _wait(lambda: _ready(http, procs[0], scratch / "controller.log"), START_TIMEOUT, "the drill controller to be ready")
-            procs.append(_start(scratch, "agent", [
-                "agent", "--url", controller_url, "--name", f"drill-{secrets.token_hex(3)}",
-                "--labels", DRILL_LABEL, "--executors", "1", "--workdir", str(scratch / "agent"),
-                "--log-level", "warning",
-            ], token))
+            await _wait(
+                lambda: _ready(http, procs[0], scratch / "controller.log"),
+                START_TIMEOUT,
+                "the drill controller to be ready",
+            )
+            procs.append(
+                _start(
+                    scratch,
+                    "agent",
+                    [
+                        "agent",
+                        "--url",
+                        controller_url,
+                        "--name",
+                        f"drill-{secrets.token_hex(3)}",
+                        "--labels",
+                        DRILL_LABEL,
+                        "--executors",
+                        "1",
+                        "--workdir",
+                        str(scratch / "agent"),
+                        "--log-level",
+                        "warning",
+                    ],
+                    token,
+                )
+            )
             log("controller and agent started; running the smoke build")
             reporter.stage("smoke build", None)
             build_id = await _smoke_build(http)
@@ -166,30 +205,41 @@ async def _prepare(db_url: str) -> tuple[datetime | None, str]:
     try:
         async with store.read() as conn:
             newest = await conn.scalar(select(func.max(builds.c.queued_at)))
-        newest = builds.c.queued_at.type.process_result_value(newest, store.read_engine.dialect)
+        # max() keeps the column's type: an aware UTC datetime on both databases.
         async with store.write() as conn:
             await conn.execute(
                 update(builds)
                 .where(builds.c.state.in_(ACTIVE))
-                .values(state="cancelled", finished_at=now, agent_id=None,
-                        cause="conveyor drill: not re-run in a drill")
+                .values(
+                    state="cancelled",
+                    finished_at=now,
+                    agent_id=None,
+                    cause="conveyor drill: not re-run in a drill",
+                )
             )
         token = f"cvy_{secrets.token_urlsafe(32)}"
-        await store.create_token("conveyor-drill", hashlib.sha256(token.encode()).hexdigest(), "admin", now)
+        await store.create_token(
+            "conveyor-drill", hashlib.sha256(token.encode()).hexdigest(), "admin", now
+        )
         return newest, token
     finally:
         await store.close()
 
 
-def _start(scratch: Path, name: str, args: list[str], token: str | None = None) -> subprocess.Popen[bytes]:
+def _start(
+    scratch: Path, name: str, args: list[str], token: str | None = None
+) -> subprocess.Popen[bytes]:
     env = {**os.environ}
     if token:
         env["CONVEYOR_TOKEN"] = token
     with (scratch / f"{name}.log").open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "conveyor", *args],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
 
 
@@ -206,12 +256,16 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 async def _ready(http: httpx.AsyncClient, proc: subprocess.Popen[bytes], log: Path) -> bool:
     if proc.poll() is not None:
-        tail = log.read_text(errors="replace")[-1500:] if log.is_file() else ""
+        tail = await asyncio.to_thread(_tail, log)
         raise DrillFailed(f"the drill controller exited with {proc.returncode}: {tail}")
     try:
         return (await http.get("/readyz")).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-1500:] if log.is_file() else ""
 
 
 async def _wait(check: Callable[[], object], timeout: float, what: str) -> object:

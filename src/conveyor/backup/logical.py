@@ -165,7 +165,7 @@ async def export_database(
 ) -> ExportResult:
     """Write ``out_dir/TABLE.jsonl.gz`` for every table, all from one snapshot."""
     tables = load_all_tables()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
     result = ExportResult(database=dialect_of(url), revision=None)
     with tempfile.TemporaryDirectory(prefix="conveyor-snapshot-") as scratch:
         async with snapshot(url, Path(scratch)) as conn:

@@ -38,7 +38,9 @@ class BackupDamaged(ConveyorError):
     title = "Backup damaged"
 
     def __init__(self, backup_id: str, problems: list[str]) -> None:
-        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        shown = "; ".join(problems[:10]) + (
+            f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
+        )
         super().__init__(f"backup {backup_id} is damaged: {shown}")
         self.problems = problems
 

@@ -26,8 +26,8 @@ import structlog
 from croniter import croniter
 
 from conveyor.backup.archive import BackupSources, create_backup, prune_backups
-from conveyor.backup.progress import QUIET, Reporter
 from conveyor.backup.manifest import Manifest
+from conveyor.backup.progress import QUIET, Reporter
 from conveyor.blobs import BlobStore, open_blob_store
 from conveyor.core.backup_retention import BackupRetention, Kind
 from conveyor.errors import InvalidInput
@@ -60,13 +60,25 @@ async def run_backup(
     try:
         manifest = await create_backup(sources, target, kind, started, reporter)
     except Exception as exc:
-        await _record(sources.database_url, BackupRun("", kind, target.describe(), trigger,
-                                                      started, datetime.now(UTC), False, 0, str(exc)))
+        await _record(
+            sources.database_url,
+            BackupRun(
+                "", kind, target.describe(), trigger, started, datetime.now(UTC), False, 0, str(exc)
+            ),
+        )
         raise
     await _record(
         sources.database_url,
-        BackupRun(manifest.id, manifest.kind, target.describe(), trigger, started,
-                  datetime.now(UTC), True, manifest.size),
+        BackupRun(
+            manifest.id,
+            manifest.kind,
+            target.describe(),
+            trigger,
+            started,
+            datetime.now(UTC),
+            True,
+            manifest.size,
+        ),
     )
     return manifest
 
@@ -102,7 +114,11 @@ class BackupScheduler:
         self.metrics = metrics
         self.started_at: datetime = clock()
         self.schedules: list[tuple[str, str]] = []
-        for kind, setting in (("full", "backup_full_cron"), ("incremental", "backup_incremental_cron"), ("prune", "backup_prune_cron")):
+        for kind, setting in (
+            ("full", "backup_full_cron"),
+            ("incremental", "backup_incremental_cron"),
+            ("prune", "backup_prune_cron"),
+        ):
             expression = getattr(settings, setting, None)
             if expression:
                 self.schedules.append((kind, check_cron(expression, setting)))
@@ -139,18 +155,29 @@ class BackupScheduler:
             log.warning("backup.prune_failed", error=error)
         finally:
             await target.close()
-        await record_backup_run(self.store, BackupRun("", "prune", target.describe(), "schedule", now, self.clock(), ok, 0, error))
+        await record_backup_run(
+            self.store,
+            BackupRun("", "prune", target.describe(), "schedule", now, self.clock(), ok, 0, error),
+        )
 
     async def backup(self, kind: str, now: datetime) -> None:
         """Run `conveyor backup create` as a subprocess; it records its own run."""
         s = self.settings
         args = [
-            sys.executable, "-m", "conveyor", "backup", "create",
+            sys.executable,
+            "-m",
+            "conveyor",
+            "backup",
+            "create",
             "--full" if kind == "full" else "--incremental",
-            "--to", s.resolved_backup_target(),
-            "--database", s.resolved_database_url(),
-            "--home", str(s.home),
-            "--trigger", "schedule",
+            "--to",
+            s.resolved_backup_target(),
+            "--database",
+            s.resolved_database_url(),
+            "--home",
+            str(s.home),
+            "--trigger",
+            "schedule",
         ]
         if s.blob_url:
             args += ["--blob-url", s.blob_url]
@@ -165,7 +192,10 @@ class BackupScheduler:
             env["CONVEYOR_BACKUP_PASSPHRASE"] = s.backup_passphrase
         log.info("backup.scheduled_start", kind=kind)
         proc = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
             stdin=asyncio.subprocess.DEVNULL,
         )
         try:
@@ -178,11 +208,22 @@ class BackupScheduler:
         if proc.returncode == 0:
             log.info("backup.scheduled_done", kind=kind, output=text[-500:])
         else:
-            log.warning("backup.scheduled_failed", kind=kind, code=proc.returncode, output=text[-2000:])
+            log.warning(
+                "backup.scheduled_failed", kind=kind, code=proc.returncode, output=text[-2000:]
+            )
             recorded = await last_backup_run(self.store, "schedule", kind)
             if recorded is None or recorded.started_at < now:  # it died before recording
                 await record_backup_run(
                     self.store,
-                    BackupRun("", kind, s.resolved_backup_target(), "schedule", now,
-                              self.clock(), False, 0, text[-2000:] or f"exit {proc.returncode}"),
+                    BackupRun(
+                        "",
+                        kind,
+                        s.resolved_backup_target(),
+                        "schedule",
+                        now,
+                        self.clock(),
+                        False,
+                        0,
+                        text[-2000:] or f"exit {proc.returncode}",
+                    ),
                 )

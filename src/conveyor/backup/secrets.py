@@ -39,9 +39,7 @@ def check_passphrase(passphrase: str | None) -> str:
 
 def seal(name: str, data: bytes, passphrase: str) -> bytes:
     salt, nonce = os.urandom(SALT), os.urandom(NONCE)
-    sealed = AESGCM(_key(check_passphrase(passphrase), salt)).encrypt(
-        nonce, data, name.encode()
-    )
+    sealed = AESGCM(_key(check_passphrase(passphrase), salt)).encrypt(nonce, data, name.encode())
     return MAGIC + salt + nonce + sealed
 
 

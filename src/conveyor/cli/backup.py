@@ -87,7 +87,9 @@ class RichReporter(Reporter):
     def stage(self, description: str, total: float | None) -> None:
         if self.task is not None:
             current = self.progress.tasks[-1]
-            self.progress.update(self.task, total=current.completed or 1, completed=current.completed or 1)
+            self.progress.update(
+                self.task, total=current.completed or 1, completed=current.completed or 1
+            )
         self.task = self.progress.add_task(description, total=total)
 
     def advance(self, amount: float) -> None:
@@ -198,7 +200,9 @@ def create(
     database: DatabaseOpt = None,
     blob_dir: BlobDirOpt = None,
     blob_url: BlobUrlOpt = None,
-    trigger: Annotated[str, typer.Option(hidden=True, help="who started it: cli or schedule")] = "cli",
+    trigger: Annotated[
+        str, typer.Option(hidden=True, help="who started it: cli or schedule")
+    ] = "cli",
 ) -> None:
     """Take a consistent backup while Conveyor runs: database snapshot, finished logs,
     artifacts, configuration. Workspaces are never included."""
@@ -447,7 +451,9 @@ def store_group() -> None:
 
 @store_app.command("migrate")
 def migrate(
-    source: Annotated[str, typer.Option("--from", help="database to copy: sqlite:///PATH or postgresql://...")],
+    source: Annotated[
+        str, typer.Option("--from", help="database to copy: sqlite:///PATH or postgresql://...")
+    ],
     dest: Annotated[str, typer.Option("--to", help="empty database to copy into")],
     force: Annotated[
         bool, typer.Option("--force", help="replace the contents of a non-empty --to database")
@@ -503,7 +509,11 @@ def drill(
     async def go(reporter: Reporter) -> Any:
         try:
             return await run_drill(
-                target, backup, workdir=workdir, reporter=reporter, log=lambda m: err.print(m, highlight=False)
+                target,
+                backup,
+                workdir=workdir,
+                reporter=reporter,
+                log=lambda m: err.print(m, highlight=False),
             )
         finally:
             await target.close()

@@ -65,9 +65,7 @@ def _week(moment: datetime) -> tuple[int, int]:
     return year, week
 
 
-def decide(
-    backups: Iterable[BackupInfo], policy: BackupRetention, now: datetime
-) -> PruneDecision:
+def decide(backups: Iterable[BackupInfo], policy: BackupRetention, now: datetime) -> PruneDecision:
     """Split ``backups`` into kept and deleted (both sorted oldest first)."""
     items = sorted(backups, key=lambda b: (b.created_at, b.id))
     by_id = {b.id: b for b in items}

@@ -85,7 +85,7 @@ async def last_successful_backup_at(store: Store) -> datetime | None:
                 backup_runs.c.ok.is_(True), backup_runs.c.kind != "prune"
             )
         )
-    return backup_runs.c.finished_at.type.process_result_value(value, conn.dialect)  # type: ignore[no-any-return]
+    return value  # type: ignore[no-any-return]  # max() keeps the column's UTC type
 
 
 async def last_backup_run(store: Store, trigger: str, kind: str | None = None) -> BackupRun | None:
