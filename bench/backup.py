@@ -32,19 +32,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import asyncpg  # noqa: E402
-from sqlalchemy import insert, text  # noqa: E402
+import asyncpg
+from sqlalchemy import insert, text
 
-from conveyor.backup.archive import (  # noqa: E402
+from conveyor.backup.archive import (
     BackupSources,
     create_backup,
     restore_backup,
     verify_backup,
 )
-from conveyor.blobs import FolderBlobStore  # noqa: E402
-from conveyor.store import open_store  # noqa: E402
-from conveyor.store.migrate import upgrade  # noqa: E402
-from conveyor.store.schema import build_steps, builds, job_versions, jobs  # noqa: E402
+from conveyor.blobs import FolderBlobStore
+from conveyor.store import open_store
+from conveyor.store.migrate import upgrade
+from conveyor.store.schema import build_steps, builds, job_versions, jobs
 
 JOBS = 100
 BATCH = 5000
