@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conveyor.core.dispatch import Strategy
@@ -98,6 +98,15 @@ class Settings(BaseSettings):
 
     def resolved_blob_dir(self) -> Path:
         return (self.blob_dir or self.home / "blobs").resolve()
+
+    @field_validator("backup_full_cron", "backup_incremental_cron", "backup_prune_cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        from croniter import croniter
+
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression (e.g. '0 2 * * *')")
+        return value
 
     def resolved_backup_target(self) -> str:
         return self.backup_target or str((self.home / "backups").resolve())

@@ -17,6 +17,7 @@ from conveyor.metrics import Metrics
 from conveyor.settings import Settings
 from conveyor.store import Store
 from conveyor.store.backups import BackupRun, last_backup_run, record_backup_run
+from tests.backup.conftest import run_cli
 from tests.conftest import FakeClock
 
 
@@ -111,10 +112,22 @@ async def test_leader_runs_due_backups_and_prunes(tmp_path: Path) -> None:
         await store.close()
 
 
-def test_bad_cron_is_refused() -> None:
-    settings = Settings(backup_full_cron="every day")
+def test_bad_cron_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a cron expression"):
+        Settings(backup_full_cron="every day")
+    settings = Settings.model_construct(backup_full_cron="every day")
     with pytest.raises(InvalidInput, match="backup_full_cron"):
         BackupScheduler(settings, None, Lease(True), FakeClock(), Metrics("c"))  # type: ignore[arg-type]
+    done = run_cli(
+        "server",
+        "--home",
+        str(tmp_path),
+        "--port",
+        "1",
+        env={"CONVEYOR_BACKUP_FULL_CRON": "every day"},
+    )
+    assert done.returncode == 2 and "not a cron expression" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_next_due_is_utc() -> None:
