@@ -15,11 +15,12 @@ of work, and why:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets as token_source
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from conveyor import __version__
@@ -36,7 +37,7 @@ from conveyor.backup.manifest import (
 )
 from conveyor.backup.progress import QUIET, Reporter
 from conveyor.backup.secrets import seal, unseal
-from conveyor.blobs import BlobStore
+from conveyor.blobs import BlobStore, FolderBlobStore
 from conveyor.blobs.copy import sha256_of
 from conveyor.core.backup_retention import BackupRetention, Kind, PruneDecision, decide
 from conveyor.errors import InvalidInput, NotFound
@@ -489,12 +490,30 @@ async def prune_backups(
 ) -> PruneDecision:
     backups = await list_backups(target)
     decision = decide([m.info for m in backups], policy, now)
+    # Folders without a manifest (a backup killed mid-way, a delete interrupted) go
+    # too once a day old: a backup still being written is younger than that.
+    stale = [
+        folder
+        for folder in await incomplete_backups(target)
+        if (started := backup_time(folder)) is not None and now - started > INCOMPLETE_AGE
+    ]
     if not dry_run:
-        for backup_id in decision.delete:
+        for backup_id in (*decision.delete, *stale):
             await delete_backup(target, backup_id)
             if on_delete is not None:
                 on_delete(backup_id)
-    return decision
+    return PruneDecision(decision.keep, (*decision.delete, *stale), decision.reasons)
+
+
+INCOMPLETE_AGE = timedelta(days=1)
+
+
+def backup_time(backup_id: str) -> datetime | None:
+    """When a backup started, from its id (None if the name is not a backup id)."""
+    try:
+        return datetime.strptime(backup_id.split("-", 1)[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 async def delete_backup(target: BlobStore, backup_id: str) -> None:
@@ -504,3 +523,16 @@ async def delete_backup(target: BlobStore, backup_id: str) -> None:
     keys = [key async for key, _ in target.list(f"{backup_id}/")]
     for key in keys:
         await target.delete(key)
+    if isinstance(target, FolderBlobStore):  # a folder keeps empty directories behind
+        await asyncio.to_thread(_remove_empty_tree, target.path_of(backup_id))
+
+
+def _remove_empty_tree(folder: Path) -> None:
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir():
+            with contextlib.suppress(OSError):  # not empty: something new was written
+                path.rmdir()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
