@@ -37,7 +37,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, LargeBinary, Table, delete, func, inspect, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    delete,
+    func,
+    inspect,
+    select,
+)
 from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
@@ -323,8 +335,12 @@ async def import_database(
                     await conn.execute(delete(table))
             for table, table_file in plan:
                 loaded[table.name] = 0
+                copy = store.dialect == "postgresql" and _copyable(table, table_file)
                 for batch in _batches(read_rows(table_file), BATCH):
-                    await conn.execute(table.insert(), batch)
+                    if copy:
+                        await _copy_batch(conn, table, table_file, batch)
+                    else:
+                        await conn.execute(table.insert(), batch)
                     loaded[table.name] += len(batch)
                     if on_rows is not None:
                         on_rows(table.name, len(batch))
@@ -333,6 +349,47 @@ async def import_database(
     finally:
         await store.close()
     return loaded
+
+
+#: Column types whose Python values asyncpg's COPY takes as they are (JSON as text).
+_COPY_TYPES = (Integer, String, Boolean, JSON, DateTime, LargeBinary)
+
+
+def _copyable(table: Table, table_file: TableFile) -> bool:
+    """Whether PostgreSQL's COPY can load this table: every column is in the export (a
+    missing one needs SQLAlchemy's Python-side default) and of a plain type."""
+    if set(table_file.columns) != {c.name for c in table.columns}:
+        return False
+    for column in table.columns:
+        kind = column.type
+        if isinstance(kind, JSON):
+            if type(kind) is not JSON:  # a JSON subtype (JSONB...) with its own encoding
+                return False
+        elif not isinstance(kind, _COPY_TYPES) and not isinstance(
+            getattr(kind, "impl", None), DateTime
+        ):
+            return False
+    return True
+
+
+async def _copy_batch(
+    conn: AsyncConnection, table: Table, table_file: TableFile, batch: list[dict[str, Any]]
+) -> None:
+    """Bulk-load rows with COPY (binary) on the transaction's own connection: several
+    times faster than INSERTs, which matters for 100,000s of builds."""
+    columns = table_file.columns
+    json_columns = {c for c in columns if table_file.kinds[c] == "json"}
+    records = [
+        tuple(
+            json.dumps(row[c]) if c in json_columns and row[c] is not None else row[c]
+            for c in columns
+        )
+        for row in batch
+    ]
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    await driver.copy_records_to_table(table.name, records=records, columns=columns)
 
 
 async def _reset_sequences(conn: AsyncConnection, tables: list[Table]) -> None:
