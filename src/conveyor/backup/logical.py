@@ -129,7 +129,11 @@ def _sqlite_online_copy(source: Path, dest: Path) -> None:
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
     dst = sqlite3.connect(dest)
     try:
-        src.backup(dst, pages=4096)
+        # One step (pages=-1): the copy is one read transaction, consistent and never
+        # restarted by the controller's commits (WAL readers do not block writers).
+        # Copying in slices would restart from scratch whenever another connection
+        # writes, which on a busy controller could go on forever.
+        src.backup(dst, pages=-1)
     finally:
         dst.close()
         src.close()
