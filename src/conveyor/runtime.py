@@ -12,6 +12,7 @@ from pathlib import Path
 
 import structlog
 
+from conveyor.backup.schedule import SCHEDULER_INTERVAL, BackupScheduler
 from conveyor.blobs import BlobStore, FolderBlobStore, open_blob_store
 from conveyor.controller.autoscaler import Autoscaler, request_latency
 from conveyor.controller.builds import BuildService
@@ -156,6 +157,7 @@ class Runtime:
         history = HistoryRetention.from_settings(
             self.settings, self.store, self.blobs, self.lease, self.clock, self.metrics
         )
+        backups = BackupScheduler(self.settings, self.store, self.lease, self.clock, self.metrics)
         self.loops = [
             LoopRunner("leader", self.lease.run_once, self.lease.next_attempt_in),
             LoopRunner("membership", self.membership.run_once, HEARTBEAT_SECONDS),
@@ -167,6 +169,7 @@ class Runtime:
             LoopRunner(
                 "autoscaler", self.make_autoscaler().run_once, self.settings.autoscale_interval
             ),
+            LoopRunner("backups", backups.run_once, SCHEDULER_INTERVAL),
         ]
         if self.triggers is not None:
             self.loops.append(

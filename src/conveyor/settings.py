@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conveyor.core.dispatch import Strategy
@@ -141,6 +141,34 @@ class Settings(BaseSettings):
     )
     tls_cert: Path | None = Field(default=None, description="PEM certificate: serve HTTPS")
     tls_key: Path | None = Field(default=None, description="PEM private key for tls_cert")
+    backup_target: str | None = Field(
+        default=None,
+        description="where backups go: a folder or s3://BUCKET/PREFIX?...; default: home/backups"
+        " (docs/backup.md)",
+    )
+    backup_full_cron: str | None = Field(
+        default=None, description="cron expression (UTC) for scheduled full backups, e.g. 0 2 * * 0"
+    )
+    backup_incremental_cron: str | None = Field(
+        default=None, description="cron expression (UTC) for scheduled incremental backups"
+    )
+    backup_prune_cron: str | None = Field(
+        default=None, description="cron expression (UTC) for pruning old backups"
+    )
+    backup_keep_weekly_fulls: int = Field(default=4, ge=1, description="weekly full backups kept")
+    backup_keep_incremental_days: int = Field(
+        default=30, ge=0, description="days incremental backups are kept"
+    )
+    backup_artifacts: bool = Field(default=True, description="scheduled backups include artifacts")
+    backup_secret_files: list[Path] = Field(
+        default_factory=list,
+        description="files scheduled backups keep encrypted (e.g. the credentials key file);"
+        " needs backup_passphrase",
+    )
+    backup_passphrase: str | None = Field(
+        default=None,
+        description="passphrase sealing backup_secret_files (CONVEYOR_BACKUP_PASSPHRASE)",
+    )
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -149,3 +177,15 @@ class Settings(BaseSettings):
 
     def resolved_blob_dir(self) -> Path:
         return (self.blob_dir or self.home / "blobs").resolve()
+
+    @field_validator("backup_full_cron", "backup_incremental_cron", "backup_prune_cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        from croniter import croniter
+
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression (e.g. '0 2 * * *')")
+        return value
+
+    def resolved_backup_target(self) -> str:
+        return self.backup_target or str((self.home / "backups").resolve())

@@ -11,6 +11,7 @@ from conveyor import __version__
 from conveyor.cli import (
     admin,
     agent,
+    backup,
     blobs,
     builds,
     cluster,
@@ -47,6 +48,10 @@ app.add_typer(admin.app, name="admin")
 # Key commands of the credentials store live under `conveyor admin` too.
 admin.app.command("gen-key")(credentials.gen_key)
 admin.app.command("rotate-key")(credentials.rotate_key)
+app.add_typer(backup.app, name="backup")
+app.add_typer(backup.store_app, name="store")
+app.command("restore")(backup.restore)
+app.command("drill")(backup.drill)
 
 HomeOpt = Annotated[
     Path, typer.Option(envvar="CONVEYOR_HOME", help="state folder (SQLite, blobs, tokens)")
