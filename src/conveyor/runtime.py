@@ -38,6 +38,7 @@ from conveyor.security.bootstrap import ensure_first_admin
 from conveyor.settings import Settings
 from conveyor.store import Store, open_store
 from conveyor.store.migrate import upgrade
+from conveyor.store.pools import ScalingDecisionRecord
 
 log = structlog.get_logger(__name__)
 
@@ -182,6 +183,27 @@ class Runtime:
         for loop in self.loops:
             loop.start()
 
+    async def _audit_scaling(self, decision: ScalingDecisionRecord) -> None:
+        """Every stored scaling decision is in the audit log, with its reason."""
+        from conveyor.security.audit import record_audit
+
+        await record_audit(
+            self.store,
+            actor=f"autoscaler@{self.controller_id}",
+            action="pool.scale",
+            target=f"pool:{decision.pool}",
+            outcome="success",
+            source="controller",
+            detail={
+                "from": decision.current,
+                "to": decision.target,
+                "rule": decision.rule,
+                "reason": decision.reason,
+                "removed": decision.removed,
+                "drained": decision.drained,
+            },
+        )
+
     def make_autoscaler(self) -> Autoscaler:
         """The autoscaler (leader only, like the reaper); kept for tests to step."""
         if self.autoscaler is None:
@@ -195,6 +217,7 @@ class Runtime:
                 controller_id=self.controller_id,
                 latency=request_latency(self.metrics),
                 launch_timeout=settings.agent_launch_timeout,
+                on_decision=self._audit_scaling,
             )
         return self.autoscaler
 

@@ -80,6 +80,9 @@ def conveyor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]:
         with controller.client() as c:
             for spec in (PARAMS_JOB, SLOW_JOB, BIG_LOG_JOB):
                 assert c.post("/api/v1/jobs", json={"spec": spec}).status_code == 201
+            # The browser signs in through the form as a real user (docs/security.md).
+            user = {"name": UI_USER, "password": UI_PASSWORD, "role": "admin"}
+            assert c.post("/api/v1/users", json=user).status_code == 201
         yield controller
     finally:
         agent.stop()
@@ -96,14 +99,23 @@ def browser() -> Iterator[Browser]:
             chromium.close()
 
 
+UI_USER, UI_PASSWORD = "ui-admin", "a-long-ui-password"
+
+
+def _sign_in(page: Page, next_path: str = "/ui/") -> None:
+    """Through the real sign-in form: a session cookie and a CSRF cookie result."""
+    page.goto(next_path)
+    expect(page).to_have_url(re.compile(r"/login\?next="))
+    page.get_by_label("User name").fill(UI_USER)
+    page.get_by_label("Password").fill(UI_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(re.escape(next_path) + "$"))
+
+
 def _context(browser: Browser, conveyor: Controller, **options: Any) -> BrowserContext:
-    context = browser.new_context(
-        base_url=conveyor.url,
-        extra_http_headers={"Authorization": f"Bearer {conveyor.token}"},
-        accept_downloads=True,
-        **options,
-    )
+    context = browser.new_context(base_url=conveyor.url, accept_downloads=True, **options)
     context.set_default_timeout(60_000)
+    _sign_in(context.new_page())
     return context
 
 
@@ -208,8 +220,8 @@ def test_rerun_with_the_same_parameters(page: Page, conveyor: Controller) -> Non
 
 
 def test_drain_and_resume_an_agent(page: Page, conveyor: Controller) -> None:
-    # A login session's CSRF cookie is echoed in X-CSRF-Token on every action.
-    page.context.add_cookies([{"name": "conveyor_csrf", "value": "csrf-123", "url": conveyor.url}])
+    # The login session's CSRF cookie is echoed in X-CSRF-Token on every action.
+    csrf = next(c["value"] for c in page.context.cookies() if c["name"] == "conveyor_csrf")
     posts: list[dict[str, str]] = []
 
     def on_request(request: Any) -> None:
@@ -225,7 +237,28 @@ def test_drain_and_resume_an_agent(page: Page, conveyor: Controller) -> None:
     card.get_by_role("button", name="Resume ui-agent").click()
     expect(card.locator(".state")).to_have_text("online", timeout=30_000)
     assert len(posts) == 2
-    assert all(h.get("x-csrf-token") == "csrf-123" for h in posts), posts
+    assert all(h.get("x-csrf-token") == csrf for h in posts), posts
+
+
+def test_sign_in_lands_on_the_page_asked_for_and_sign_out_ends_the_session(
+    browser: Browser, conveyor: Controller
+) -> None:
+    context = browser.new_context(base_url=conveyor.url)
+    context.set_default_timeout(60_000)
+    try:
+        page = context.new_page()
+        page.goto("/login")
+        page.get_by_label("User name").fill(UI_USER)
+        page.get_by_label("Password").fill("not-the-password")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("alert")).to_be_visible()
+        _sign_in(page, "/ui/agents")
+        expect(page.locator("article.agent", has_text="ui-agent")).to_be_visible()
+        page.get_by_role("button", name=re.compile("Sign out|Log out", re.I)).click()
+        page.goto("/ui/jobs")
+        expect(page).to_have_url(re.compile(r"/login\?next="))
+    finally:
+        context.close()
 
 
 def _line_number(page: Page, text: str) -> int:

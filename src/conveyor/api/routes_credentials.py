@@ -15,6 +15,7 @@ from conveyor.credentials.service import NO_KEY, CredentialsNotConfigured, Crede
 from conveyor.credentials.values import MAX_VALUE_BYTES, check_credential_id, check_value
 from conveyor.errors import InvalidInput, NotFound
 from conveyor.runtime import Runtime
+from conveyor.security.audit import record_audit
 from conveyor.store.credentials import (
     CredentialRecord,
     delete_credential,
@@ -80,15 +81,16 @@ def _vault(runtime: Runtime) -> CredentialVault:
     return runtime.credentials
 
 
-def _audit(caller: Caller, action: str, target: str, outcome: str = "ok") -> None:
-    """The audit trail of credential changes (a structured event; the security
-    work's ``record_audit`` is called here once it is merged)."""
-    log.info(
-        "audit",
+async def _audit(runtime: Runtime, caller: Caller, action: str, target: str) -> None:
+    """A credential change in the audit log, flagged as a security event (the value is
+    never part of it)."""
+    await record_audit(
+        runtime.store,
+        actor=caller.name,
         action=action,
         target=f"credential:{target}",
-        user=caller.name,
-        outcome=outcome,
+        outcome="success",
+        source="api",
         security=True,
     )
 
@@ -104,7 +106,7 @@ async def create(
     record = await _vault(runtime).create(
         body.id, body.kind, body.description, fields, caller.name, runtime.clock()
     )
-    _audit(caller, "credential.create", body.id)
+    await _audit(runtime, caller, "credential.create", body.id)
     response.headers["Location"] = f"/api/v1/credentials/{body.id}"
     return CredentialOut.of(record)
 
@@ -143,7 +145,7 @@ async def replace(
     fields = check_value(kind, body.value, body.username, body.password)
     description = body.description if body.description is not None else current.description
     record = await _vault(runtime).replace(cred_id, kind, description, fields, runtime.clock())
-    _audit(caller, "credential.replace", cred_id)
+    await _audit(runtime, caller, "credential.replace", cred_id)
     return CredentialOut.of(record)
 
 
@@ -151,5 +153,5 @@ async def replace(
 async def remove(cred_id: str, runtime: RuntimeDep, caller: CallerDep) -> Response:
     _no_nul(cred_id, "credential id")
     await delete_credential(runtime.store, cred_id)
-    _audit(caller, "credential.delete", cred_id)
+    await _audit(runtime, caller, "credential.delete", cred_id)
     return Response(status_code=204)

@@ -32,7 +32,12 @@ def healthcheck(
         typer.Option(help="check that the agent of this name is online at the controller"),
     ] = None,
     token: Annotated[
-        str | None, typer.Option(envvar="CONVEYOR_TOKEN", help="token (for --agent)")
+        str | None,
+        typer.Option(
+            envvar=["CONVEYOR_HEALTHCHECK_TOKEN", "CONVEYOR_TOKEN"],
+            help="a read-scoped user token (for --agent; an agent's enrollment token may"
+            " call the agent protocol only)",
+        ),
     ] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for an answer")] = 5.0,
 ) -> None:
