@@ -17,6 +17,7 @@ from conveyor.cli import (
     cluster,
     config_repo,
     credentials,
+    importer,
     jobs,
     lb,
     pools,
@@ -52,6 +53,7 @@ app.add_typer(backup.app, name="backup")
 app.add_typer(backup.store_app, name="store")
 app.command("restore")(backup.restore)
 app.command("drill")(backup.drill)
+app.add_typer(importer.app, name="import")
 
 HomeOpt = Annotated[
     Path, typer.Option(envvar="CONVEYOR_HOME", help="state folder (SQLite, blobs, tokens)")

@@ -347,7 +347,12 @@ class _Translator:
                         for b in s.body or []
                     ]
                 elif s.name == "when":
-                    condition = self.when(s)
+                    try:
+                        condition = self.when(s)
+                    except _Untranslatable as exc:
+                        raise _Untranslatable(
+                            exc.line, f"{exc.message}; the stage {name!r} now always runs"
+                        ) from None
                     if condition is not None:
                         stage["when"] = condition
                 elif s.name == "environment":
@@ -508,7 +513,7 @@ class _Translator:
                 self.report(
                     s.line,
                     f"`{s.name}` around {len(inner)} steps: Conveyor sets it per step or per "
-                    "stage; the steps are translated without it (move them to a stage of their own)",
+                    "stage; the steps are translated without it (give them a stage of their own)",
                 )
                 return inner
             if s.name == "timeout":
@@ -729,7 +734,9 @@ def dump_yaml(translation: Translation, source: str = "Jenkinsfile") -> str:
     """The pipeline as YAML, headed by comments listing what was not translated."""
     header = [f"# Translated from {source} by `conveyor import jenkinsfile`."]
     if translation.issues:
-        header.append("# NOT translated (steps standing in for them fail the build):")
+        header.append(
+            "# NOT translated (a step that was not is replaced by one failing the build):"
+        )
         header += [f"#   {source}:{i.line}: {i.message}" for i in translation.issues]
     body = yaml.dump(
         translation.pipeline,
