@@ -108,6 +108,23 @@ ROUTE_FAMILIES: dict[tuple[str, str], list[Call]] = {
     ("DELETE", "/api/v1/session"): [Call("self", "/api/v1/session")],
     ("POST", "/logout"): [Call("self", "/logout")],
     ("GET", "/api/v1/whoami"): [Call("self", "/api/v1/whoami")],
+    # Jenkins-compatible API: the handlers check the job's permission themselves.
+    ("GET", "/api/json"): [Call("job.read:list", "/api/json")],
+    ("GET", "/crumbIssuer/api/json"): [Call("self", "/crumbIssuer/api/json")],
+    ("GET", "/whoAmI/api/json"): [Call("self", "/whoAmI/api/json")],
+    ("GET", "/me/api/json"): [Call("self", "/me/api/json")],
+    ("GET", "/queue/api/json"): [Call("job.read:list", "/queue/api/json")],
+    ("GET", "/queue/item/{item}/api/json"): own_other("job.read", "/queue/item/BUILD/api/json"),
+    ("POST", "/queue/cancelItem"): own_other("build.cancel", "/queue/cancelItem?id=BUILD"),
+    ("GET", "/computer/api/json"): [Call("fleet.read", "/computer/api/json")],
+    ("GET", "/job/{path:path}"): [
+        Call("job.read:own", "/job/team-a/job/app/api/json"),
+        Call("job.read:other", "/job/team-b/job/app/1/consoleText"),
+    ],
+    ("POST", "/job/{path:path}"): [
+        Call("build.trigger:own", "/job/team-a/job/app/build"),
+        Call("build.cancel:other", "/job/team-b/job/app/1/stop"),
+    ],
     ("GET", "/api/v1/tokens"): [Call("self", "/api/v1/tokens")],
     ("POST", "/api/v1/tokens"): [Call("self", "/api/v1/tokens", {"name": "t", "scope": "read"})],
     ("DELETE", "/api/v1/tokens/{token_id}"): [Call("self", "/api/v1/tokens/999999")],

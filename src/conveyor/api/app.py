@@ -28,6 +28,7 @@ from conveyor.api import (
 )
 from conveyor.api.errors import install_error_handlers, problem
 from conveyor.api.middleware import RequestMiddleware
+from conveyor.jenkins import routes as jenkins_routes
 from conveyor.runtime import Runtime
 from conveyor.security.install import install as install_security
 from conveyor.security.policy import authorize
@@ -98,4 +99,5 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
     app.include_router(routes_publications.agent_router)
     app.include_router(routes_retention.router)
     app.include_router(routes_ui.router)
+    app.include_router(jenkins_routes.router)  # Jenkins-compatible API subset
     return app

@@ -6,6 +6,7 @@ once; other controllers notice within :data:`CACHE_SECONDS` (the documented boun
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import time
@@ -124,8 +125,30 @@ def bearer_token(conn: HTTPConnection) -> str | None:
     return token.strip()
 
 
+def basic_credentials(conn: HTTPConnection) -> tuple[str, str] | None:
+    """``Authorization: Basic base64(user:apitoken)``, as Jenkins clients send it; the
+    password is one of the user's API tokens (``cvy_...``), never the login password."""
+    scheme, _, value = conn.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, token = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        raise Unauthorized("malformed Basic credentials") from None
+    if not sep or not token:
+        raise Unauthorized("Basic credentials need 'user:apitoken'")
+    return user, token
+
+
 async def authenticate(conn: HTTPConnection, runtime: Runtime) -> Principal | None:
     """The caller, or None when the request carries no credentials at all."""
+    basic = basic_credentials(conn)
+    if basic is not None:
+        user, secret = basic
+        principal = await token_principal(runtime, digest(secret))
+        if not secrets.compare_digest(principal.name, user):
+            raise Unauthorized("this API token belongs to another user")
+        return principal
     token = bearer_token(conn)
     if token is not None:
         if token.startswith(AGENT_TOKEN_PREFIX):

@@ -125,6 +125,18 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/ui/builds/{build_id}/log-window"): need(P.JOB_READ, "build"),
     ("GET", "/ui/agents"): need(P.AGENT_READ),
     ("GET", "/ui/cluster"): need(P.CLUSTER_READ),
+    # Jenkins-compatible API (conveyor.jenkins): any signed-in user reaches it; each
+    # handler checks the permission on the job it resolves from the /job/A/job/B path.
+    ("GET", "/api/json"): USER,
+    ("GET", "/crumbIssuer/api/json"): USER,
+    ("GET", "/whoAmI/api/json"): USER,
+    ("GET", "/me/api/json"): USER,
+    ("GET", "/queue/api/json"): USER,
+    ("GET", "/queue/item/{item}/api/json"): USER,
+    ("POST", "/queue/cancelItem"): USER,
+    ("GET", "/computer/api/json"): need(P.AGENT_READ),
+    ("GET", "/job/{path:path}"): USER,
+    ("POST", "/job/{path:path}"): USER,
     # browser login
     ("GET", "/login"): PUBLIC,
     ("POST", "/login"): PUBLIC,  # checks its own CSRF token
