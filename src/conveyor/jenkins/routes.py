@@ -291,16 +291,13 @@ async def root(request: Request) -> Response:
     readable = [
         j for j in await runtime.store.list_jobs() if principal.can(Permission.JOB_READ, j.name)
     ]
-    items: list[dict[str, Any]] = []
-    folders: set[str] = set()
-    for job in readable:
-        top, _, rest = job.name.partition("/")
-        if rest:
-            if top not in folders:
-                folders.add(top)
-                items.append(_folder_json(base, top, readable, depth=0))
-        else:
-            items.append(await job_json(runtime, base, job, depth))
+    items = await _children(runtime, base, "", readable)
+    if depth >= 1:  # depth=1: the top-level jobs in full
+        by_name = {j.name: j for j in readable}
+        items = [
+            await job_json(runtime, base, by_name[i["name"]], depth) if i["name"] in by_name else i
+            for i in items
+        ]
     return _json(
         request,
         {
@@ -321,29 +318,40 @@ async def root(request: Request) -> Response:
     )
 
 
-def _folder_json(base: str, folder: str, jobs: list[JobRecord], depth: int) -> dict[str, Any]:
-    prefix = folder + "/"
-    children: dict[str, dict[str, Any]] = {}
-    for job in jobs:
+async def _children(
+    runtime: Runtime, base: str, prefix: str, jobs: list[JobRecord]
+) -> list[dict[str, Any]]:
+    """The items directly in a folder (``prefix`` ends with '/', or is '' for the top):
+    jobs as summaries, sub-folders with their own items, so that a ``tree=`` asking
+    for ``jobs[name,jobs[name]]`` is answered in one request, as Jenkins does."""
+    items: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for job in sorted(jobs, key=lambda j: j.name):
         if not job.name.startswith(prefix):
             continue
         child, _, rest = job.name[len(prefix) :].partition("/")
-        kind = (
-            "com.cloudbees.hudson.plugins.folder.Folder"
-            if rest
-            else "hudson.model.FreeStyleProject"
-        )
-        children.setdefault(
-            child, {"_class": kind, "name": child, "url": job_url(base, prefix + child)}
-        )
-    summary = {
+        if child in seen:
+            continue
+        seen.add(child)
+        if rest:
+            items.append(await _folder_json(runtime, base, prefix + child, jobs))
+        else:
+            items.append(await job_json(runtime, base, job, depth=0))
+    return items
+
+
+async def _folder_json(
+    runtime: Runtime, base: str, folder: str, jobs: list[JobRecord]
+) -> dict[str, Any]:
+    name = folder.rsplit("/", 1)[-1]
+    return {
         "_class": FOLDER_CLASS,
-        "name": folder.rsplit("/", 1)[-1],
+        "name": name,
+        "fullName": folder,
+        "displayName": name,
         "url": job_url(base, folder),
+        "jobs": await _children(runtime, base, folder + "/", jobs),
     }
-    if depth < 1:
-        return summary
-    return {**summary, "fullName": folder, "jobs": list(children.values())}
 
 
 @router.get("/crumbIssuer/api/json")
@@ -506,7 +514,7 @@ async def job_get(path: str, request: Request) -> Response:
             readable = [j for j in jobs if principal.can(Permission.JOB_READ, j.name)]
             if not readable:
                 raise
-            return _json(request, _folder_json(base, target.job, readable, depth=1))
+            return _json(request, await _folder_json(runtime, base, target.job, readable))
         return _json(request, await job_json(runtime, base, job, depth=max(1, _depth(request))))
     build = await _build_of(runtime, target.job, rest[0])
     page = rest[1:]

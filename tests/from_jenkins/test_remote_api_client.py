@@ -1,0 +1,182 @@
+"""The Jenkins-compatible API driven by the unmodified `python-jenkins` client library
+(from PyPI) against a real controller, a real agent and real PostgreSQL: build with
+parameters, follow the queue item to the build, read the console, stop a build, list
+nodes, read jobs and folders — with HTTP Basic `user:apitoken` auth and crumbs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jenkins
+import pytest
+
+from tests.harness import AgentProcess, Controller, wait_agents_online, wait_until
+
+HELLO = """\
+name: team/hello
+parameters:
+  - name: TARGET
+    default: staging
+  - name: MODE
+    type: choice
+    choices: [fast, full]
+stages:
+  - name: greet
+    steps:
+      - sh: echo "deploying to $TARGET in $MODE mode"
+"""
+
+SLOW = """\
+name: team/slow
+stages:
+  - name: wait
+    steps:
+      - sh: |
+          echo "slow build started"
+          sleep 300
+"""
+
+
+@pytest.fixture
+def controller(tmp_path: Path, fresh_pg_url: str) -> Iterator[tuple[Controller, str]]:
+    controller = Controller(tmp_path / "controller", fresh_pg_url).start()
+    agent = AgentProcess(controller, "jenkins-agent", tmp_path / "agent").start()
+    try:
+        wait_agents_online(controller, 1)
+        with controller.client() as c:
+            for spec in (HELLO, SLOW):
+                assert c.post("/api/v1/jobs", json={"spec": spec}).status_code == 201
+            user = c.get("/api/v1/whoami").json()["user"]
+        yield controller, user
+    finally:
+        agent.stop()
+        controller.stop()
+
+
+def _executable(server: jenkins.Jenkins, queue_id: int) -> dict[str, Any]:
+    def started() -> dict[str, Any] | None:
+        item = server.get_queue_item(queue_id)
+        return item["executable"] if item.get("executable") else None
+
+    return wait_until(started, 60, interval=0.3, what=f"queue item {queue_id} to start")
+
+
+def test_python_jenkins_drives_conveyor(controller: tuple[Controller, str]) -> None:
+    ctl, user = controller
+    server = jenkins.Jenkins(ctl.url, username=user, password=ctl.token, timeout=30)
+    assert server.get_whoami()["name"] == user
+
+    # Build with parameters; the answer is a queue item that leads to the build.
+    queue_id = server.build_job("team/hello", {"TARGET": "production", "MODE": "full"})
+    executable = _executable(server, queue_id)
+    number = executable["number"]
+    assert executable["url"].endswith(f"/job/team/job/hello/{number}/")
+    info = wait_until(
+        lambda: (b := server.get_build_info("team/hello", number))["result"] and b,
+        90,
+        interval=0.3,
+        what="team/hello to finish",
+    )
+    assert info["result"] == "SUCCESS" and info["building"] is False
+    assert info["builtOn"] == "jenkins-agent"
+    params = {p["name"]: p["value"] for p in info["actions"][0]["parameters"]}
+    assert params == {"TARGET": "production", "MODE": "full"}
+    console = server.get_build_console_output("team/hello", number)
+    assert "deploying to production in full mode" in console
+
+    job = server.get_job_info("team/hello")
+    assert job["color"] == "blue"
+    assert job["lastSuccessfulBuild"]["number"] == number
+    assert job["lastFailedBuild"] is None
+    definitions = job["property"][0]["parameterDefinitions"]
+    assert [d["name"] for d in definitions] == ["TARGET", "MODE"]
+    assert definitions[1]["choices"] == ["fast", "full"]
+
+    # A running build is stopped: ABORTED, and the job's colour says so.
+    slow_queue = server.build_job("team/slow")
+    slow = _executable(server, slow_queue)["number"]
+    wait_until(
+        lambda: "slow build started" in server.get_build_console_output("team/slow", slow),
+        60,
+        interval=0.3,
+        what="the slow build to print",
+    )
+    assert server.get_job_info("team/slow")["color"].endswith("_anime")
+    server.stop_build("team/slow", slow)
+    stopped = wait_until(
+        lambda: (b := server.get_build_info("team/slow", slow))["result"] and b,
+        60,
+        interval=0.3,
+        what="the slow build to stop",
+    )
+    assert stopped["result"] == "ABORTED"
+    assert server.get_job_info("team/slow")["color"] == "aborted"
+
+    # Nodes are the agents.
+    nodes = server.get_nodes()
+    assert {"name": "jenkins-agent", "offline": False} in nodes
+
+    # Jobs in folders, as Jenkins lists them (folder_depth follows /job/team/).
+    names = {j["fullname"] for j in server.get_all_jobs()}
+    assert {"team/hello", "team/slow"} <= names
+    assert server.get_queue_info() == []
+
+
+def test_progressive_text_tree_and_basic_auth(controller: tuple[Controller, str]) -> None:
+    ctl, user = controller
+    auth = (user, ctl.token)
+    with httpx.Client(base_url=ctl.url, auth=auth, timeout=30) as c:
+        crumb = c.get("/crumbIssuer/api/json").json()
+        assert crumb["crumbRequestField"] == "Jenkins-Crumb"
+        r = c.post(
+            "/job/team/job/hello/buildWithParameters",
+            params={"TARGET": "qa"},
+            headers={"Jenkins-Crumb": crumb["crumb"]},
+        )
+        assert r.status_code == 201 and "/queue/item/" in r.headers["location"]
+        assert r.headers["x-jenkins"].startswith("2.")
+        item = r.headers["location"].rstrip("/").rsplit("/", 1)[1]
+        number = wait_until(
+            lambda: (c.get(f"/queue/item/{item}/api/json").json().get("executable") or {}).get(
+                "number"
+            ),
+            60,
+            what="the build to start",
+        )
+        wait_until(
+            lambda: c.get(f"/job/team/job/hello/{number}/api/json").json()["result"],
+            90,
+            what="the build to finish",
+        )
+        whole = c.get(f"/job/team/job/hello/{number}/logText/progressiveText?start=0")
+        assert "deploying to qa" in whole.text
+        assert int(whole.headers["x-text-size"]) == len(whole.content)
+        assert "x-more-data" not in whole.headers  # finished: nothing more will come
+        rest = c.get(
+            f"/job/team/job/hello/{number}/logText/progressiveText",
+            params={"start": whole.headers["x-text-size"]},
+        )
+        assert rest.content == b"" and rest.headers["x-text-size"] == whole.headers["x-text-size"]
+        last = c.get("/job/team/job/hello/lastBuild/api/json?tree=number,result").json()
+        assert last == {
+            "_class": "hudson.model.FreeStyleBuild",
+            "number": number,
+            "result": "SUCCESS",
+        }
+        root = c.get("/api/json", params={"tree": "jobs[name,color]"}).json()
+        assert root["jobs"] == [
+            {"_class": "com.cloudbees.hudson.plugins.folder.Folder", "name": "team"}
+        ]
+        assert c.get("/api/json?tree=jobs[name").status_code == 400  # a problem, not a 500
+        wrong = c.post("/job/team/job/hello/build", headers={"Jenkins-Crumb": "forged"})
+        assert wrong.status_code == 403
+    # A wrong token, a token of another user, or the login password are refused.
+    bad = httpx.get(f"{ctl.url}/api/json", auth=(user, "cvy_wrong"), timeout=30)
+    assert bad.status_code == 401
+    other = httpx.get(f"{ctl.url}/api/json", auth=("someone-else", ctl.token), timeout=30)
+    assert other.status_code == 401
+    with pytest.raises(jenkins.JenkinsException):
+        jenkins.Jenkins(ctl.url, username=user, password="cvy_wrong").get_whoami()
