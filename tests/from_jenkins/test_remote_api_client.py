@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import jenkins
 import pytest
+import requests
 
 from tests.harness import AgentProcess, Controller, wait_agents_online, wait_until
 
@@ -180,3 +181,45 @@ def test_progressive_text_tree_and_basic_auth(controller: tuple[Controller, str]
     assert other.status_code == 401
     with pytest.raises(jenkins.JenkinsException):
         jenkins.Jenkins(ctl.url, username=user, password="cvy_wrong").get_whoami()
+
+
+FREESTYLE = (Path(__file__).parent / "fixtures" / "freestyle.xml").read_text("utf-8")
+
+
+def test_python_jenkins_manages_jobs_with_config_xml(controller: tuple[Controller, str]) -> None:
+    ctl, user = controller
+    server = jenkins.Jenkins(ctl.url, username=user, password=ctl.token, timeout=30)
+    # Created from config.xml in a folder, read back, changed, deleted.
+    server.create_job("team/demo", FREESTYLE)
+    assert server.job_exists("team/demo")
+    xml = server.get_job_config("team/demo")
+    assert "<hudson.tasks.Shell>" in xml and "linux &amp;&amp; docker" in xml
+    with ctl.client() as c:
+        spec = c.get("/api/v1/jobs/team/demo").json()["spec"]
+    assert "name: team/demo" in spec and "cron: H 3 * * 1-5" in spec
+    server.reconfig_job("team/demo", xml.replace("make package", "make dist"))
+    assert "make dist" in server.get_job_config("team/demo")
+    # Unsupported elements: 400 naming them, and the job is unchanged.
+    with pytest.raises(requests.HTTPError) as refused:  # python-jenkins lets a 400 through
+        server.reconfig_job("team/demo", xml.replace("<disabled>false", "<disabled>true"))
+    assert refused.value.response.status_code == 400
+    assert "<disabled>true</disabled> is not supported" in refused.value.response.json()["detail"]
+    assert "make dist" in server.get_job_config("team/demo")
+    with httpx.Client(base_url=ctl.url, auth=(user, ctl.token), timeout=30) as c:
+        r = c.post(
+            "/createItem",
+            params={"name": "broken"},
+            content=FREESTYLE.replace("hudson.tasks.Shell>", "hudson.tasks.BatchFile>"),
+            headers={"Content-Type": "application/xml"},
+        )
+        assert r.status_code == 400 and "hudson.tasks.BatchFile" in r.json()["detail"]
+        assert c.get("/job/broken/api/json").status_code == 404
+        # A one-stage shell job has a config.xml; one with more stages has none (409).
+        assert c.get("/job/team/job/slow/config.xml").status_code == 200
+        two = "name: team/two\nstages:\n  - {name: a, steps: [sh: a]}\n  - {name: b, steps: [sh: b]}\n"
+        with ctl.client() as api:
+            assert api.post("/api/v1/jobs", json={"spec": two}).status_code == 201
+        refused = c.get("/job/team/job/two/config.xml")
+        assert refused.status_code == 409 and "more than one plain stage" in refused.text
+    server.delete_job("team/demo")
+    assert not server.job_exists("team/demo")

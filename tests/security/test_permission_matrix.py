@@ -125,6 +125,7 @@ ROUTE_FAMILIES: dict[tuple[str, str], list[Call]] = {
         Call("build.trigger:own", "/job/team-a/job/app/build"),
         Call("build.cancel:other", "/job/team-b/job/app/1/stop"),
     ],
+    ("POST", "/createItem"): [Call("job.write:other", "/createItem?name=app")],
     ("GET", "/api/v1/tokens"): [Call("self", "/api/v1/tokens")],
     ("POST", "/api/v1/tokens"): [Call("self", "/api/v1/tokens", {"name": "t", "scope": "read"})],
     ("DELETE", "/api/v1/tokens/{token_id}"): [Call("self", "/api/v1/tokens/999999")],

@@ -20,6 +20,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from conveyor.api.logs import read_log
+from conveyor.api.routes_jobs import job_fields
+from conveyor.controller.job_edits import guard_managed_edit
 from conveyor.core.jenkins_compat import (
     JENKINS_VERSION,
     TreeError,
@@ -28,10 +30,17 @@ from conveyor.core.jenkins_compat import (
     parse_tree,
     result_of,
 )
+from conveyor.core.jenkins_config import (
+    NotFreestyle,
+    UnsupportedConfig,
+    config_to_pipeline,
+    dump_pipeline,
+    pipeline_to_config,
+)
 from conveyor.core.permissions import Permission
 from conveyor.core.pipeline import Pipeline, parse_pipeline
 from conveyor.core.states import BuildState
-from conveyor.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from conveyor.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from conveyor.runtime import Runtime
 from conveyor.security.auth import Principal, current_principal
 from conveyor.store.records import BuildRecord, JobRecord
@@ -506,6 +515,13 @@ async def job_get(path: str, request: Request) -> Response:
     principal.require(Permission.JOB_READ, target.job)
     base = _base(request)
     rest = target.rest
+    if rest == ["config.xml"]:
+        job = await runtime.store.get_job(target.job)
+        try:
+            xml = pipeline_to_config(job.spec)
+        except NotFreestyle as exc:
+            raise Conflict(f"job {target.job!r} has no freestyle config.xml: {exc}") from None
+        return Response(xml, media_type="application/xml", headers={"X-Jenkins": JENKINS_VERSION})
     if rest in ([], ["api", "json"], ["api", "python"]):
         try:
             job = await runtime.store.get_job(target.job)
@@ -589,6 +605,22 @@ async def job_post(path: str, request: Request) -> Response:
         response = _json(request, queue_item_json(base, build), status=201)
         response.headers["Location"] = location
         return response
+    if rest == ["config.xml"]:
+        principal.require(Permission.JOB_WRITE, target.job)
+        await runtime.store.get_job(target.job)  # 404 for a job that does not exist
+        await save_config_xml(request, runtime, principal, target.job, create=False)
+        return Response("", headers={"X-Jenkins": JENKINS_VERSION})
+    if rest == ["createItem"]:
+        name = f"{target.job}/{_item_name(request)}"
+        principal.require(Permission.JOB_WRITE, name)
+        await save_config_xml(request, runtime, principal, name, create=True)
+        return Response("", headers={"X-Jenkins": JENKINS_VERSION})
+    if rest == ["doDelete"]:
+        principal.require(Permission.JOB_WRITE, target.job)
+        await guard_managed_edit(runtime.store, target.job, principal.name, False, False, "delete")
+        for key in await runtime.store.delete_job(target.job):
+            await runtime.blobs.delete(key)
+        return Response("", headers={"X-Jenkins": JENKINS_VERSION})
     if len(rest) == 2 and rest[1] in ("stop", "term", "kill"):
         build = await _build_of(runtime, target.job, rest[0])
         principal.require(Permission.BUILD_CANCEL, target.job)
@@ -597,3 +629,43 @@ async def job_post(path: str, request: Request) -> Response:
         agents = await _agent_names(runtime)
         return _json(request, build_json(base, build, agents, []))
     raise NotFound(f"no such action: POST /job/{path}")
+
+
+@router.post("/createItem")
+async def create_item(request: Request) -> Response:
+    """``POST /createItem?name=NAME`` with a freestyle config.xml body."""
+    runtime, principal = _runtime(request), _principal(request)
+    _check_crumb(request, principal)
+    name = _item_name(request)
+    principal.require(Permission.JOB_WRITE, name)
+    await save_config_xml(request, runtime, principal, name, create=True)
+    return Response("", headers={"X-Jenkins": JENKINS_VERSION})
+
+
+def _item_name(request: Request) -> str:
+    name = request.query_params.get("name", "").strip()
+    if not name or "/" in name:
+        raise InvalidInput("createItem needs ?name=NAME (one path segment)")
+    if request.query_params.get("mode"):
+        raise InvalidInput("createItem: copying (mode=copy) is not supported")
+    return name
+
+
+async def save_config_xml(
+    request: Request, runtime: Runtime, principal: Principal, name: str, create: bool
+) -> None:
+    """Translate the body (a freestyle config.xml) and create or replace the job;
+    anything that cannot be translated is a 400 naming it, and nothing is stored."""
+    body = (await request.body()).decode("utf-8", errors="replace")
+    try:
+        spec = dump_pipeline(config_to_pipeline(body, name))
+    except UnsupportedConfig as exc:
+        raise InvalidInput("config.xml: " + "; ".join(exc.problems)) from None
+    _, fields = job_fields(spec)
+    now = runtime.clock()
+    if create:
+        await runtime.store.create_job(fields, principal.name, now)
+        return
+    can_config = principal.can(Permission.CONFIG_MANAGE)
+    await guard_managed_edit(runtime.store, name, principal.name, can_config, False, "update")
+    await runtime.store.update_job(fields, None, principal.name, now)

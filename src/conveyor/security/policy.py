@@ -137,6 +137,7 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/computer/api/json"): need(P.AGENT_READ),
     ("GET", "/job/{path:path}"): USER,
     ("POST", "/job/{path:path}"): USER,
+    ("POST", "/createItem"): USER,
     # browser login
     ("GET", "/login"): PUBLIC,
     ("POST", "/login"): PUBLIC,  # checks its own CSRF token

@@ -1,0 +1,93 @@
+"""Freestyle config.xml ↔ Conveyor pipeline: every supported field survives the round
+trip; an unsupported element is refused naming it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conveyor.core.jenkins_config import (
+    NotFreestyle,
+    UnsupportedConfig,
+    config_to_pipeline,
+    dump_pipeline,
+    pipeline_to_config,
+)
+from conveyor.core.pipeline import parse_pipeline
+
+FIXTURE = (Path(__file__).parent / "fixtures" / "freestyle.xml").read_text("utf-8")
+
+
+def test_freestyle_project_translates_to_a_valid_pipeline() -> None:
+    spec = config_to_pipeline(FIXTURE, "team-a/demo")
+    pipeline = parse_pipeline(dump_pipeline(spec))
+    assert pipeline.name == "team-a/demo"
+    assert pipeline.description == "Builds and packages the demo service"
+    assert pipeline.agent == "linux && docker"
+    assert pipeline.concurrency == 1
+    assert [(p.name, p.type, p.default) for p in pipeline.parameters] == [
+        ("TARGET", "string", "staging"),
+        ("MODE", "choice", None),
+        ("DRY_RUN", "boolean", "true"),
+    ]
+    assert pipeline.parameters[1].choices == ["fast", "full"]
+    assert pipeline.scm is not None
+    assert (pipeline.scm.git, pipeline.scm.branch, pipeline.scm.credential) == (
+        "https://git.example.com/team/demo.git",
+        "release",
+        "team-a/git",
+    )
+    assert pipeline.triggers is not None
+    assert (pipeline.triggers.cron, pipeline.triggers.poll) == ("H 3 * * 1-5", "5m")
+    steps = pipeline.stages[0].steps or []
+    assert [s.sh.script for s in steps if s.sh] == [
+        'echo "building for $TARGET"\nmake package',
+        './test.sh --mode "$MODE"',
+    ]
+    assert pipeline.post.success[0].archive == ["dist/*.tar.gz", "reports/*.xml"]
+
+
+def test_round_trip_keeps_every_supported_field() -> None:
+    spec = config_to_pipeline(FIXTURE, "team-a/demo")
+    xml = pipeline_to_config(dump_pipeline(spec))
+    assert config_to_pipeline(xml, "team-a/demo") == spec
+    # ... and a second trip is a fixed point of the XML too.
+    assert pipeline_to_config(dump_pipeline(config_to_pipeline(xml, "team-a/demo"))) == xml
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (("<buildWrappers/>", "<buildWrappers><x.Timestamper/></buildWrappers>"), "buildWrappers"),
+        (("<disabled>false</disabled>", "<disabled>true</disabled>"), "<disabled>true"),
+        (("hudson.tasks.Shell>", "hudson.tasks.BatchFile>"), "hudson.tasks.BatchFile"),
+        (("<fingerprint>false", "<fingerprint>true"), "ArtifactArchiver <fingerprint>"),
+        (("H/5 * * * *", "H 2 * * *"), "SCMTrigger spec"),
+        (("<actions/>", "<actions/><logRotator/>"), "<logRotator>"),
+        (
+            (
+                "hudson.model.BooleanParameterDefinition>",
+                "hudson.model.PasswordParameterDefinition>",
+            ),
+            "PasswordParameterDefinition",
+        ),
+    ],
+)
+def test_unsupported_elements_are_refused_by_name(change: tuple[str, str], named: str) -> None:
+    with pytest.raises(UnsupportedConfig) as exc:
+        config_to_pipeline(FIXTURE.replace(*change), "demo")
+    assert any(named in p for p in exc.value.problems), exc.value.problems
+
+
+def test_pipeline_jobs_and_hostile_xml_are_refused() -> None:
+    with pytest.raises(UnsupportedConfig, match="conveyor import jenkinsfile"):
+        config_to_pipeline("<flow-definition/>", "demo")
+    bomb = '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><project>&a;</project>'
+    with pytest.raises(UnsupportedConfig, match="DOCTYPE"):
+        config_to_pipeline(bomb, "demo")
+    with pytest.raises(UnsupportedConfig, match="well-formed"):
+        config_to_pipeline("<project>", "demo")
+    two_stages = "name: x\nstages:\n  - {name: a, steps: [sh: a]}\n  - {name: b, steps: [sh: b]}\n"
+    with pytest.raises(NotFreestyle, match="more than one plain stage"):
+        pipeline_to_config(two_stages)
