@@ -216,7 +216,8 @@ def test_python_jenkins_manages_jobs_with_config_xml(controller: tuple[Controlle
         assert c.get("/job/broken/api/json").status_code == 404
         # A one-stage shell job has a config.xml; one with more stages has none (409).
         assert c.get("/job/team/job/slow/config.xml").status_code == 200
-        two = "name: team/two\nstages:\n  - {name: a, steps: [sh: a]}\n  - {name: b, steps: [sh: b]}\n"
+        two = "name: team/two\nstages:\n  - {name: a, steps: [sh: a]}\n"
+        two += "  - {name: b, steps: [sh: b]}\n"
         with ctl.client() as api:
             assert api.post("/api/v1/jobs", json={"spec": two}).status_code == 201
         refused = c.get("/job/team/job/two/config.xml")
