@@ -89,6 +89,10 @@ class Runtime:
         controller_id = settings.controller_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         lease = LeaderLease(store, controller_id, settings.lease_ttl, clock)
         metrics = Metrics(controller_id)
+        if settings.jenkins_metrics:  # Jenkins dashboards' metric names (docs/metrics.md)
+            from conveyor.jenkins.metrics import install_jenkins_metrics
+
+            install_jenkins_metrics(metrics)
         failures = FailureAnalyzer.load(settings.failure_patterns_file)
         notifier = Notifier.from_settings(settings, store, clock)
         builds = BuildService(store, blobs, wakeups, clock, metrics, failures, notifier)

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         description="most log megabytes per build (a job's log_limit wins); the rest is "
         "dropped with one line; unset: no limit",
     )
+    jenkins_metrics: bool = Field(
+        default=False,
+        description="also expose the Jenkins Prometheus plugin's main names "
+        "(default_jenkins_up, default_jenkins_executors_*, default_jenkins_builds_*)",
+    )
     log_level: str = "info"
     #: The first admin token, for deployments that hand it in from a secret store
     #: (Kubernetes/Docker secrets) instead of reading it from the first controller's home.

@@ -42,7 +42,10 @@ stages:
 
 
 @pytest.fixture
-def controller(tmp_path: Path, fresh_pg_url: str) -> Iterator[tuple[Controller, str]]:
+def controller(
+    tmp_path: Path, fresh_pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Controller, str]]:
+    monkeypatch.setenv("CONVEYOR_JENKINS_METRICS", "true")  # Jenkins metric names too
     controller = Controller(tmp_path / "controller", fresh_pg_url).start()
     agent = AgentProcess(controller, "jenkins-agent", tmp_path / "agent").start()
     try:
@@ -124,6 +127,13 @@ def test_python_jenkins_drives_conveyor(controller: tuple[Controller, str]) -> N
     names = {j["fullname"] for j in server.get_all_jobs()}
     assert {"team/hello", "team/slow"} <= names
     assert server.get_queue_info() == []
+
+    # The Jenkins Prometheus plugin's names, for existing dashboards.
+    scrape = httpx.get(f"{ctl.url}/prometheus", timeout=30).text
+    assert "default_jenkins_up 1.0" in scrape
+    assert 'default_jenkins_builds_success_build_count{jenkins_job="team/hello"} 1.0' in scrape
+    assert 'default_jenkins_builds_aborted_build_count{jenkins_job="team/slow"} 1.0' in scrape
+    assert "default_jenkins_executors_online" in scrape
 
 
 def test_progressive_text_tree_and_basic_auth(controller: tuple[Controller, str]) -> None:
