@@ -27,7 +27,17 @@ parameters:
 stages:
   - name: greet
     steps:
-      - sh: echo "deploying to $TARGET in $MODE mode"
+      - sh: echo "deploying to $TARGET in $MODE mode" | tee deploy.txt
+      - archive: deploy.txt
+"""
+
+NOWHERE = """\
+name: team/nowhere
+agent: no-such-label
+stages:
+  - name: wait
+    steps:
+      - sh: "true"
 """
 
 SLOW = """\
@@ -51,7 +61,7 @@ def controller(
     try:
         wait_agents_online(controller, 1)
         with controller.client() as c:
-            for spec in (HELLO, SLOW):
+            for spec in (HELLO, SLOW, NOWHERE):
                 assert c.post("/api/v1/jobs", json={"spec": spec}).status_code == 201
             user = c.get("/api/v1/whoami").json()["user"]
         yield controller, user
@@ -177,6 +187,20 @@ def test_progressive_text_tree_and_basic_auth(controller: tuple[Controller, str]
             "number": number,
             "result": "SUCCESS",
         }
+        built = c.get(f"/job/team/job/hello/{number}/api/json").json()
+        assert [a["relativePath"] for a in built["artifacts"]] == ["deploy.txt"]
+        artifact = c.get(f"/job/team/job/hello/{number}/artifact/deploy.txt")
+        assert artifact.status_code == 200 and artifact.text == "deploying to qa in fast mode\n"
+        # A build no agent can take waits in the queue; cancelItem takes it out.
+        waiting = c.post("/job/team/job/nowhere/build")
+        item_id = int(waiting.headers["location"].rstrip("/").rsplit("/", 1)[1])
+        queue = c.get("/queue/api/json").json()["items"]
+        assert [i["id"] for i in queue] == [item_id]
+        assert queue[0]["task"]["name"] == "nowhere" and queue[0]["why"]
+        assert c.post(f"/queue/cancelItem?id={item_id}").status_code == 200
+        left = c.get(f"/queue/item/{item_id}/api/json").json()
+        assert left["cancelled"] is True and left["executable"] is None
+        assert c.get("/queue/api/json").json()["items"] == []
         root = c.get("/api/json", params={"tree": "jobs[name,color]"}).json()
         assert root["jobs"] == [
             {"_class": "com.cloudbees.hudson.plugins.folder.Folder", "name": "team"}
