@@ -95,7 +95,9 @@ async def register(client: httpx.AsyncClient, name: str, *labels: str) -> int:
     [
         (None, "missing bearer token"),
         ("Bearer cvy_not-a-real-token", "invalid, expired or revoked token"),
-        ("Basic dXNlcjpwYXNz", "malformed Authorization header"),
+        # Basic auth (Jenkins clients) takes user:apitoken, never a password.
+        ("Basic dXNlcjpwYXNz", "invalid Basic credentials"),
+        ("Basic bm90LWJhc2U2NA=", "malformed Basic credentials"),
         ("Bearer", "malformed Authorization header"),
     ],
 )

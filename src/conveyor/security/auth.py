@@ -145,9 +145,14 @@ async def authenticate(conn: HTTPConnection, runtime: Runtime) -> Principal | No
     basic = basic_credentials(conn)
     if basic is not None:
         user, secret = basic
-        principal = await token_principal(runtime, digest(secret))
+        try:
+            principal = await token_principal(runtime, digest(secret))
+        except Unauthorized:
+            raise Unauthorized(
+                "invalid Basic credentials: send user:apitoken (an API token, not the password)"
+            ) from None
         if not secrets.compare_digest(principal.name, user):
-            raise Unauthorized("this API token belongs to another user")
+            raise Unauthorized("invalid Basic credentials: the API token is another user's")
         return principal
     token = bearer_token(conn)
     if token is not None:
