@@ -258,3 +258,32 @@ def test_python_jenkins_manages_jobs_with_config_xml(controller: tuple[Controlle
         assert refused.status_code == 409 and "more than one plain stage" in refused.text
     server.delete_job("team/demo")
     assert not server.job_exists("team/demo")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/job/team/job/hello/99999999999999999999999/api/json",
+        "/job/team/job/hello/²/api/json",
+        "/job/team/job/hello/1/nothing-here",
+        "/job/no-such-job/api/json",
+        "/queue/item/99999999999999999999/api/json",
+        "/queue/item/0/api/json",
+    ],
+)
+def test_odd_paths_are_404_not_500(path: str, odd_client: httpx.Client) -> None:
+    assert odd_client.get(path).status_code == 404
+
+
+@pytest.fixture(scope="module")
+def odd_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """One controller (SQLite) for the cheap 404 checks."""
+    controller = Controller(tmp_path_factory.mktemp("odd") / "controller").start()
+    try:
+        with controller.client() as c:
+            assert c.post("/api/v1/jobs", json={"spec": HELLO}).status_code == 201
+            user = c.get("/api/v1/whoami").json()["user"]
+        with httpx.Client(base_url=controller.url, auth=(user, controller.token)) as client:
+            yield client
+    finally:
+        controller.stop()

@@ -51,6 +51,7 @@ CRUMB_FIELD = "Jenkins-Crumb"
 FOLDER_CLASS = "com.cloudbees.hudson.plugins.folder.Folder"
 MAX_CONSOLE = 64 * 1024 * 1024
 _BUILDS_LISTED = 100
+INT64_MAX = 2**63 - 1  # ids beyond it name nothing (and would overflow the database)
 # Query keys of /buildWithParameters that are Jenkins options, not build parameters.
 _NOT_PARAMETERS = frozenset({"token", "delay", "cause", "json", "Submit", CRUMB_FIELD})
 
@@ -410,7 +411,7 @@ async def queue(request: Request) -> Response:
 @router.get("/queue/item/{item}/api/json")
 async def queue_item(item: int, request: Request) -> Response:
     runtime, principal = _runtime(request), _principal(request)
-    build = await runtime.store.get_build(item)
+    build = await _queued_build(runtime, item)
     principal.require(Permission.JOB_READ, build.job_name)
     return _json(request, queue_item_json(_base(request), build))
 
@@ -419,11 +420,17 @@ async def queue_item(item: int, request: Request) -> Response:
 async def cancel_queue_item(request: Request, id: int) -> Response:
     runtime, principal = _runtime(request), _principal(request)
     _check_crumb(request, principal)
-    build = await runtime.store.get_build(id)
+    build = await _queued_build(runtime, id)
     principal.require(Permission.BUILD_CANCEL, build.job_name)
     if build.state is BuildState.QUEUED:
         build = await runtime.builds.cancel(build.id, principal.name)
     return _json(request, queue_item_json(_base(request), build))
+
+
+async def _queued_build(runtime: Runtime, item: int) -> BuildRecord:
+    if not 0 < item <= INT64_MAX:
+        raise NotFound(f"queue item {item} does not exist")
+    return await runtime.store.get_build(item)
 
 
 @router.get("/computer/api/json")
@@ -503,7 +510,7 @@ async def _build_of(runtime: Runtime, job: str, ref: str) -> BuildRecord:
         if not found:
             raise NotFound(f"job {job!r} has no {ref}")
         return found[0]
-    if not ref.isdigit():
+    if not (ref.isascii() and ref.isdigit()) or int(ref) > INT64_MAX:
         raise NotFound(f"no such page: {ref}")
     return await runtime.store.get_build_by_number(job, int(ref))
 
@@ -557,7 +564,7 @@ async def job_get(path: str, request: Request) -> Response:
 
 async def _progressive(request: Request, runtime: Runtime, build: BuildRecord) -> Response:
     try:
-        start = max(0, int(request.query_params.get("start", "0")))
+        start = min(max(0, int(request.query_params.get("start", "0"))), 2**62)
     except ValueError:
         raise InvalidInput("start: expected a byte offset") from None
     data = await read_log(runtime, build, start, MAX_CONSOLE)
