@@ -4,6 +4,7 @@ trip; an unsupported element is refused naming it."""
 from __future__ import annotations
 
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import pytest
 
@@ -16,7 +17,8 @@ from conveyor.core.jenkins_config import (
 )
 from conveyor.core.pipeline import parse_pipeline
 
-FIXTURE = (Path(__file__).parent / "fixtures" / "freestyle.xml").read_text("utf-8")
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE = (FIXTURES / "freestyle.xml").read_text("utf-8")
 
 
 def test_freestyle_project_translates_to_a_valid_pipeline() -> None:
@@ -81,8 +83,10 @@ def test_unsupported_elements_are_refused_by_name(change: tuple[str, str], named
 
 
 def test_pipeline_jobs_and_hostile_xml_are_refused() -> None:
-    with pytest.raises(UnsupportedConfig, match="conveyor import jenkinsfile"):
+    with pytest.raises(UnsupportedConfig, match="no inline <script>"):
         config_to_pipeline("<flow-definition/>", "demo")
+    with pytest.raises(UnsupportedConfig, match="<maven2-moduleset>"):
+        config_to_pipeline("<maven2-moduleset/>", "demo")
     bomb = '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><project>&a;</project>'
     with pytest.raises(UnsupportedConfig, match="DOCTYPE"):
         config_to_pipeline(bomb, "demo")
@@ -91,3 +95,32 @@ def test_pipeline_jobs_and_hostile_xml_are_refused() -> None:
     two_stages = "name: x\nstages:\n  - {name: a, steps: [sh: a]}\n  - {name: b, steps: [sh: b]}\n"
     with pytest.raises(NotFreestyle, match="more than one plain stage"):
         pipeline_to_config(two_stages)
+
+
+def _flow(script: str) -> str:
+    return (
+        "<flow-definition plugin='workflow-job'><description>ops</description>"
+        "<keepDependencies>false</keepDependencies><properties/>"
+        "<definition class='org.jenkinsci.plugins.workflow.cps.CpsFlowDefinition'>"
+        f"<script>{escape(script)}</script><sandbox>true</sandbox></definition>"
+        "<triggers/><disabled>false</disabled></flow-definition>"
+    )
+
+
+def test_pipeline_jobs_go_through_the_jenkinsfile_importer() -> None:
+    full = (FIXTURES / "full.Jenkinsfile").read_text("utf-8")
+    # Everything translates once the constructs the importer reports are taken out.
+    clean = "\n".join(
+        line
+        for line in full.splitlines()
+        if "timestamps()" not in line and "unstable" not in line and "pollSCM" not in line
+    ).replace("when { branch 'main' }", "")
+    spec = config_to_pipeline(_flow(clean), "team-a/full")
+    pipeline = parse_pipeline(dump_pipeline(spec))
+    assert pipeline.description == "ops"
+    assert [s.name for s in pipeline.stages] == ["Build", "Test", "Deploy", "Main only"]
+    # What the importer cannot translate is a 400 naming each construct by script line.
+    with pytest.raises(UnsupportedConfig) as exc:
+        config_to_pipeline(_flow((FIXTURES / "ops.Jenkinsfile").read_text("utf-8")), "ops")
+    lines = [p.split(":")[0] for p in exc.value.problems]
+    assert lines == [f"script line {n}" for n in (21, 34, 55, 70)]

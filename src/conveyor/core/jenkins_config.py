@@ -84,14 +84,12 @@ def config_to_pipeline(xml: str, name: str) -> dict[str, Any]:
     except ET.ParseError as exc:
         raise UnsupportedConfig([f"not well-formed XML: {exc}"]) from None
     problems: list[str] = []
+    if root.tag == "flow-definition":
+        return _flow_definition(root, name)
     if root.tag != "project":
-        what = (
-            "a declarative pipeline job (flow-definition): import its Jenkinsfile with "
-            "`conveyor import jenkinsfile`"
-            if root.tag == "flow-definition"
-            else f"<{root.tag}>"
+        raise UnsupportedConfig(
+            [f"only freestyle projects and pipeline jobs are supported, got <{root.tag}>"]
         )
-        raise UnsupportedConfig([f"only freestyle projects (<project>) are supported, got {what}"])
     out: dict[str, Any] = {"name": name}
     steps: list[dict[str, Any]] = []
     post: dict[str, Any] = {}
@@ -145,6 +143,61 @@ def config_to_pipeline(xml: str, name: str) -> dict[str, Any]:
     if post:
         out["post"] = post
     return out
+
+
+def _flow_definition(root: ET.Element, name: str) -> dict[str, Any]:
+    """A pipeline job whose Jenkinsfile is inline (``CpsFlowDefinition``): its script
+    goes through the Jenkinsfile importer, and is accepted only when all of it
+    translates (the importer's report becomes the 400)."""
+    from conveyor.core.jenkinsfile import GroovySyntaxError, translate_jenkinsfile
+
+    problems: list[str] = []
+    script: str | None = None
+    description = ""
+    declared: list[str] = []
+    for el in root:
+        if el.tag in _NEUTRAL or el.tag == "triggers":
+            if _text(el) not in _NEUTRAL.get(el.tag, {""}) or len(el):
+                problems.append(f"<{el.tag}> with content is not supported")
+        elif el.tag == "description":
+            description = _raw(el)
+        elif el.tag == "properties":
+            # Jenkins copies the Jenkinsfile's parameters here; the Jenkinsfile is the source.
+            declared = [p["name"] for p in _parameters(el, problems)]
+        elif el.tag == "definition":
+            if el.get("class") != "org.jenkinsci.plugins.workflow.cps.CpsFlowDefinition":
+                problems.append(
+                    f"pipeline definition {el.get('class')!r} is not supported (only an inline "
+                    "script; a Jenkinsfile in SCM: `conveyor import jenkinsfile` it, add `scm:`)"
+                )
+                continue
+            script = _raw(el.find("script"))
+            for child in el:
+                if child.tag not in ("script", "sandbox"):
+                    problems.append(f"pipeline definition <{child.tag}> is not supported")
+        else:
+            problems.append(f"<{el.tag}> is not supported")
+    if script is None and not problems:
+        problems.append("the pipeline job has no inline <script>")
+    if problems or script is None:
+        raise UnsupportedConfig(problems)
+    try:
+        translation = translate_jenkinsfile(script, name)
+    except GroovySyntaxError as exc:
+        raise UnsupportedConfig([f"script line {exc.line}: {exc.message}"]) from None
+    if translation.issues:
+        raise UnsupportedConfig(
+            [f"script line {i.line}: not translated: {i.message}" for i in translation.issues]
+        )
+    pipeline = translation.pipeline
+    names = [p["name"] for p in pipeline.get("parameters", [])]
+    if declared and declared != names:
+        raise UnsupportedConfig(
+            [f"job parameters {declared} differ from the script's parameters {names}"]
+        )
+    if description:
+        pipeline = {"name": name, "description": description, **pipeline}
+    return pipeline
 
 
 def _parameters(properties: ET.Element, problems: list[str]) -> list[dict[str, Any]]:
