@@ -82,6 +82,7 @@ def test_python_jenkins_drives_conveyor(controller: tuple[Controller, str]) -> N
     ctl, user = controller
     server = jenkins.Jenkins(ctl.url, username=user, password=ctl.token, timeout=30)
     assert server.get_whoami()["name"] == user
+    assert server.get_version().startswith("2.")  # X-Jenkins, read from the root page
 
     # Build with parameters; the answer is a queue item that leads to the build.
     queue_id = server.build_job("team/hello", {"TARGET": "production", "MODE": "full"})

@@ -29,6 +29,7 @@ from conveyor.api import (
 from conveyor.api.errors import install_error_handlers, problem
 from conveyor.api.middleware import RequestMiddleware
 from conveyor.jenkins import routes as jenkins_routes
+from conveyor.jenkins.headers import JenkinsVersionHeader
 from conveyor.runtime import Runtime
 from conveyor.security.install import install as install_security
 from conveyor.security.policy import authorize
@@ -74,6 +75,7 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
             return await call_next(request)
 
     install_security(app, runtime)
+    app.add_middleware(JenkinsVersionHeader)  # X-Jenkins on every answer (Jenkins clients)
     # Added last, so outermost: standby refusals get a request id and are measured too.
     app.add_middleware(
         RequestMiddleware,
