@@ -139,8 +139,9 @@ class Runtime:
         # The first admin is a real user (conveyor.security.bootstrap); a token handed in
         # (CONVEYOR_ADMIN_TOKEN) becomes its token and is not printed to the log.
         token = await ensure_first_admin(self.store, self.clock(), self.settings.admin_token)
-        if token is not None and self.settings.admin_token is None:
-            self.first_admin_token = token
+        if token is not None:
+            if self.settings.admin_token is None:
+                self.first_admin_token = token  # printed once by `conveyor server`/`up`
             self.write_admin_token(token)
 
     def write_admin_token(self, token: str) -> Path:

@@ -132,7 +132,7 @@ async def test_only_the_leader_scales_and_a_new_leader_continues_from_the_store(
     assert first.reason == "pool linux 0 → 1: below the minimum 1" and first.controller == "a"
     [launch] = provider_a.launches
     assert launch.agent_name.startswith("linux-") and launch.labels == ["linux"]
-    assert launch.token.startswith("cvya_") and "--pool" in launch.agent_args()
+    assert launch.token.startswith("cva_") and "--pool" in launch.agent_args()
     # Starting but not registered: it counts (pending), no second one is started.
     assert await a.run_once() == []
     assert len(provider_a.launches) == 1

@@ -148,9 +148,9 @@ def test_docker_provider_against_a_fake_docker_api(controller: Controller, tmp_p
         assert container.argv[:2] == ["conveyor", "agent"]
         assert "--pool" in container.argv and "dock" in container.argv
         # The token travels in the environment, never on the command line.
-        assert container.env["CONVEYOR_TOKEN"].startswith("cvya_")
+        assert container.env["CONVEYOR_TOKEN"].startswith("cva_")
         assert container.env["EXTRA"] == "1"
-        assert not any("cvya_" in arg for arg in container.argv)
+        assert not any("cva_" in arg for arg in container.argv)
         assert container.deleted and not container.running
         paths = [(m, p.split("/", 2)[-1]) for m, p, _ in docker.requests]
         assert ("POST", f"containers/{container.id}/stop") in paths
@@ -301,6 +301,12 @@ def test_pool_api_refuses_bad_input_and_stores_nothing(controller: Controller) -
         assert c.get("/api/v1/pools/nope/decisions").status_code == 404
         assert c.patch("/api/v1/pools/nope", json={"max": 1}).status_code == 404
         # An agent cannot join a pool that does not exist; nothing is registered.
-        r = c.post("/agent/v1/register", json={"name": "stray", "executors": 1, "pool": "nope"})
+        enrol = c.post("/api/v1/agent-tokens", json={"pool": "nope"})
+        assert enrol.status_code == 201, enrol.text
+        r = c.post(
+            "/agent/v1/register",
+            json={"name": "stray", "executors": 1, "pool": "nope"},
+            headers={"Authorization": f"Bearer {enrol.json()['token']}"},
+        )
         assert r.status_code == 404
         assert all(a["name"] != "stray" for a in c.get("/api/v1/agents").json())

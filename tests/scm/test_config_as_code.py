@@ -48,7 +48,7 @@ async def test_one_bad_job_among_50_applies_nothing_and_names_file_and_line(
     assert "nothing was applied" in problem["detail"]
     assert problem["errors"] == [
         "jobs/team/job-37.yml:6: stages[0].steps[0]: unknown step type 'make' "
-        "(expected sh, echo or archive)"
+        "(expected sh, echo, archive or publish)"
     ]
     assert (await client.get("/api/v1/jobs")).json() == []
     assert (await client.get("/api/v1/config/export")).json()["files"] == {}

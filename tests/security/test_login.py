@@ -123,7 +123,7 @@ async def test_html_login_form_and_logout(app: FastAPI, runtime: Runtime, alice:
         assert r.status_code == 200
         html = r.text
         assert '<label for="username">' in html and '<label for="password">' in html
-        assert 'href="/static/conveyor.css"' in html and "<style" not in html
+        assert 'href="/ui/static/app.css"' in html and "<style" not in html
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', html)
         assert csrf is not None and csrf.group(1) == c.cookies["conveyor_csrf"]
         form = {"username": alice, "password": PASSWORD, "next": "/jobs/x"}

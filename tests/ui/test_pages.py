@@ -11,14 +11,16 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from conveyor.core.permissions import Permission, Role
 from conveyor.core.states import BuildState
-from conveyor.runtime import Runtime, hash_token
+from conveyor.runtime import Runtime
 from conveyor.store import dashboard
 from conveyor.store.dashboard import RecentBuild
 from conveyor.store.failures import record_failure_analysis
 from conveyor.web import charts, logwindow, routes_ui
 from conveyor.web.permissions import can
 from tests.api.conftest import _client, dispatch_once
+from tests.auth_helpers import user_token
 from tests.conftest import FakeClock
 
 SPEC = """
@@ -106,8 +108,8 @@ async def test_a_read_only_token_is_offered_no_actions(
 ) -> None:
     await _job_with_build(client)
     await runtime.store.register_agent("box-1", ["linux"], 2, "1.0", clock())
-    await runtime.store.create_token("viewer", hash_token("cvy_viewer"), "read", clock())
-    async with _client(app, {"Authorization": "Bearer cvy_viewer"}) as viewer:
+    token = await user_token(runtime.store, "viewer", Role.VIEWER)
+    async with _client(app, {"Authorization": f"Bearer {token}"}) as viewer:
         for path in ("/ui/jobs/team/app", "/ui/builds/1", "/ui/agents"):
             r = await viewer.get(path)
             assert r.status_code == 200
@@ -118,15 +120,25 @@ async def test_a_read_only_token_is_offered_no_actions(
     assert "Drain" in admin
 
 
-def test_can_decides_from_the_token_scope() -> None:
+def test_can_asks_the_permission_each_action_needs() -> None:
     class Who:
-        def __init__(self, scope: str) -> None:
-            self.scope = scope
+        """A caller holding ``held`` permissions on jobs under ``prefix``."""
 
-    assert not any(can(Who("read"), a) for a in ("trigger", "cancel", "rerun", "drain"))
-    assert can(Who("write"), "trigger", "a/b") and not can(Who("write"), "drain")
-    assert all(can(Who("admin"), a) for a in ("trigger", "cancel", "rerun", "drain", "resume"))
-    assert not can(None, "trigger") and not can(Who("mystery"), "trigger")
+        def __init__(self, held: set[Permission], prefix: str = "") -> None:
+            self.held, self.prefix = held, prefix
+
+        def can(self, permission: Permission, job: str | None = None) -> bool:
+            on_job = job is None or job.startswith(self.prefix)
+            return permission in self.held and on_job
+
+    viewer = Who({Permission.JOB_READ})
+    assert not any(can(viewer, a) for a in ("trigger", "cancel", "rerun", "drain"))
+    developer = Who({Permission.BUILD_TRIGGER, Permission.BUILD_CANCEL}, "team-a/")
+    assert can(developer, "trigger", "team-a/b") and not can(developer, "trigger", "team-b/x")
+    assert not can(developer, "drain")
+    admin = Who(set(Permission))
+    assert all(can(admin, a) for a in ("trigger", "cancel", "rerun", "drain", "resume"))
+    assert not can(None, "trigger")
     with pytest.raises(ValueError, match="unknown UI action"):
         can(Who("admin"), "delete-everything")
 

@@ -12,7 +12,6 @@ from conveyor.api.deps import CallerDep, RuntimeDep
 from conveyor.controller.config_apply import ConfigApplier
 from conveyor.controller.config_sync import read_repo_files
 from conveyor.controller.job_edits import rollback_job
-from conveyor.controller.scm import RepositoryUnavailable
 from conveyor.core.permissions import Permission
 from conveyor.errors import InvalidInput
 from conveyor.git import GitError
@@ -62,7 +61,8 @@ async def apply_config(body: ApplyIn, runtime: RuntimeDep, caller: CallerDep) ->
                 runtime.settings.home.resolve() / "mirrors", body.repo, body.ref
             )
         except GitError as exc:
-            raise RepositoryUnavailable(f"{body.repo}: {exc}") from None
+            # The caller named the repository: one it cannot read is bad input (4xx).
+            raise InvalidInput(f"cannot read the config repository {body.repo}: {exc}") from None
         source = body.repo
     else:
         assert body.files is not None

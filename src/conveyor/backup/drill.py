@@ -122,7 +122,7 @@ async def run_drill(
             for t, n in sorted(manifest.row_counts.items())
             if counts.get(t, 0) != n
         ]
-        newest, token = await _prepare(db_url)
+        newest, token, agent_token = await _prepare(db_url)
         if newest is not None:
             rpo, basis = (datetime.now(UTC) - newest).total_seconds(), "newest restored build"
         else:
@@ -174,7 +174,7 @@ async def run_drill(
                         "--log-level",
                         "warning",
                     ],
-                    token,
+                    agent_token,
                 )
             )
             log("controller and agent started; running the smoke build")
@@ -198,8 +198,13 @@ async def run_drill(
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-async def _prepare(db_url: str) -> tuple[datetime | None, str]:
-    """Newest build time; cancel restored unfinished builds; a fresh admin token."""
+#: The user the drill acts as in its scratch copy (never in the source).
+DRILL_USER = "conveyor-drill"
+
+
+async def _prepare(db_url: str) -> tuple[datetime | None, str, str]:
+    """Newest build time; cancel restored unfinished builds; a fresh admin token (of a
+    ``conveyor-drill`` admin user) and an enrollment token for the drill's agent."""
     store = open_store(db_url)
     now = datetime.now(UTC)
     try:
@@ -217,11 +222,22 @@ async def _prepare(db_url: str) -> tuple[datetime | None, str]:
                     cause="conveyor drill: not re-run in a drill",
                 )
             )
+        from conveyor.core.permissions import Role, Scope
+        from conveyor.security.agents import issue_enrollment_token
+        from conveyor.store import security as security_db
+
+        user = await security_db.get_user(store, DRILL_USER)
+        if user is None:
+            user = await security_db.create_user(store, DRILL_USER, None, now, Role.ADMIN)
         token = f"cvy_{secrets.token_urlsafe(32)}"
-        await store.create_token(
-            "conveyor-drill", hashlib.sha256(token.encode()).hexdigest(), "admin", now
+        await security_db.create_user_token(
+            store, user.id, "drill", hashlib.sha256(token.encode()).hexdigest(),
+            Scope.ADMIN.value, now,
+        )  # fmt: skip
+        agent_token = await issue_enrollment_token(
+            store, pool=DRILL_LABEL, created_by="conveyor drill", now=now
         )
-        return newest, token
+        return newest, token, agent_token
     finally:
         await store.close()
 
