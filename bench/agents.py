@@ -31,9 +31,11 @@ import contextlib
 import json
 import os
 import random
+import ssl
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,13 +93,30 @@ def start_controller(processes: Processes, home: Path, database_url: str | None)
 
 
 async def sim_agent(
+    url: str,
+    tls: ssl.SSLContext,
+    token: str,
+    name: str,
+    samples: Samples,
+    registered: asyncio.Semaphore,
+) -> None:
+    """One simulated agent: register, then heartbeat and long-poll until cancelled.
+
+    Each agent has its own small client (like a real agent process): one shared
+    httpx pool with thousands of connections spends its CPU scanning the pool."""
+    async with httpx.AsyncClient(
+        base_url=url, verify=tls, timeout=httpx.Timeout(60.0, connect=30.0)
+    ) as client:
+        await _sim_agent(client, token, name, samples, registered)
+
+
+async def _sim_agent(
     client: httpx.AsyncClient,
     token: str,
     name: str,
     samples: Samples,
     registered: asyncio.Semaphore,
 ) -> None:
-    """One simulated agent: register, then heartbeat and long-poll until cancelled."""
     headers = {"Authorization": f"Bearer {token}"}
     async with registered:
         answer = await client.post(
@@ -172,22 +191,17 @@ async def measure(
     url: str, admin: str, steps: list[int], duration: float, settle: float, pid: int
 ) -> list[dict[str, Any]]:
     headers = {"Authorization": f"Bearer {admin}"}
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    tls = ssl.create_default_context()  # shared: one per client costs ms and memory
     timeout = httpx.Timeout(60.0, connect=30.0)
     samples = Samples()
     proc = psutil.Process(pid)
     out: list[dict[str, Any]] = []
-    async with (
-        httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as agents_http,
-        httpx.AsyncClient(base_url=url, timeout=timeout) as api_http,
-    ):
+    async with httpx.AsyncClient(base_url=url, timeout=timeout) as api_http:
         enrol = await api_http.post("/api/v1/agent-tokens", json={}, headers=headers)
         if enrol.status_code != 201:
             raise BenchError(f"cannot create an enrollment token: {enrol.text[:300]}")
         token = enrol.json()["token"]
-        tasks: list[asyncio.Task[None]] = [
-            asyncio.create_task(operator(api_http, admin, samples))
-        ]
+        tasks: list[asyncio.Task[None]] = [asyncio.create_task(operator(api_http, admin, samples))]
         registering = asyncio.Semaphore(20)
         try:
             for n in steps:
@@ -195,7 +209,7 @@ async def measure(
                 for i in range(len(tasks), n + 1):
                     tasks.append(
                         asyncio.create_task(
-                            sim_agent(agents_http, token, f"sim-{i}", samples, registering)
+                            sim_agent(url, tls, token, f"sim-{i}", samples, registering)
                         )
                     )
                 await asyncio.sleep(settle)
@@ -246,6 +260,15 @@ async def measure(
     return out
 
 
+def run(coro: Coroutine[Any, Any, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """asyncio.run, on uvloop when installed (the simulated agents cost less CPU)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", default="100,500,1000,2000", help="steps, comma-separated")
@@ -273,9 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         url = start_controller(processes, home, database_url)
         admin = (home / "admin-token").read_text().strip()
         pid = processes.procs[0].popen.pid
-        record["steps"] = asyncio.run(
-            measure(url, admin, steps, args.duration, args.settle, pid)
-        )
+        record["steps"] = run(measure(url, admin, steps, args.duration, args.settle, pid))
     except BenchError as exc:
         console.print(f"[red]{exc}[/]")
         return 1
