@@ -223,7 +223,7 @@ async def measure(
         deep_job_cursor = await _deep_cursor(client, f"/api/v1/jobs/{job}/builds", depth=0.9)
         all_first = (await client.get("/api/v1/builds")).json()["items"]
         deep_all_cursor = max(1, int(all_first[0]["id"] * 0.1))
-        endpoints = {
+        endpoints: dict[str, tuple[str, dict[str, Any]]] = {
             "job list": ("/api/v1/jobs", {}),
             "job builds, first page": (f"/api/v1/jobs/{job}/builds", {}),
             "job builds, deep page": (f"/api/v1/jobs/{job}/builds", {"cursor": deep_job_cursor}),

@@ -182,13 +182,13 @@ async def live_tail(cluster: Cluster, seconds: float) -> dict[str, Any]:
                 elif line.startswith("data:") and event == "end":
                     end_state = json.loads(line.split(":", 1)[1])["state"]
                     break
-    result = {
+    ms = stats_ms(latencies)
+    result: dict[str, Any] = {
         "state": end_state,
         "ticks": len(latencies),
-        "latency_ms": stats_ms(latencies),
+        "latency_ms": ms,
         "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
-    ms = result["latency_ms"]
     console.print(
         f"  live tail: {len(latencies)} ticks, latency p50 {ms.get('p50')} ms, p95 "
         f"{ms.get('p95')} ms, p99 {ms.get('p99')} ms, max {ms.get('max')} ms; "
