@@ -7,7 +7,8 @@ PostgreSQL database), then runs light simulated agents in this process: each
 one speaks the real agent protocol over HTTP (``POST /agent/v1/register`` with
 an enrollment token, a heartbeat every ``heartbeat_interval`` seconds as the
 controller tells it, and a long-poll held open all the time). Agents are added
-in steps (``--agents 100,500,1000,2000``); at each step, after a settle time,
+in steps (``--agents 100,500,1000,2000``); at each step, once they are all
+registered (the time it took is recorded) and after a settle time,
 the benchmark measures for ``--duration`` seconds:
 
 - heartbeat latency (client side, every heartbeat of every agent),
@@ -64,6 +65,7 @@ class Samples:
     api: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     recording: bool = False
+    registered: int = 0
 
     def error(self, what: str) -> None:
         self.errors[what] = self.errors.get(what, 0) + 1
@@ -126,6 +128,7 @@ async def _sim_agent(
         )
     if answer.status_code != 200:
         raise BenchError(f"register {name}: {answer.status_code} {answer.text[:200]}")
+    samples.registered += 1
     info = answer.json()
     agent_id = info["agent_id"]
     interval = float(info["heartbeat_interval"])
@@ -188,7 +191,13 @@ async def operator(client: httpx.AsyncClient, admin: str, samples: Samples) -> N
 
 
 async def measure(
-    url: str, admin: str, steps: list[int], duration: float, settle: float, pid: int
+    url: str,
+    admin: str,
+    steps: list[int],
+    duration: float,
+    settle: float,
+    register_timeout: float,
+    pid: int,
 ) -> list[dict[str, Any]]:
     headers = {"Authorization": f"Bearer {admin}"}
     tls = ssl.create_default_context()  # shared: one per client costs ms and memory
@@ -212,6 +221,10 @@ async def measure(
                             sim_agent(url, tls, token, f"sim-{i}", samples, registering)
                         )
                     )
+                ramp = time.monotonic()
+                while samples.registered < n and time.monotonic() - ramp < register_timeout:
+                    await asyncio.sleep(0.2)
+                ramp_s = time.monotonic() - ramp
                 await asyncio.sleep(settle)
                 for task in tasks:
                     if task.done() and task.exception() is not None:
@@ -220,6 +233,7 @@ async def measure(
                 samples.reset()
                 samples.recording = True
                 cpu0 = proc.cpu_times()
+                own0 = psutil.Process().cpu_times()
                 t0 = time.monotonic()
                 rss_max = 0
                 while time.monotonic() - t0 < duration:
@@ -227,16 +241,22 @@ async def measure(
                     await asyncio.sleep(0.5)
                 wall = time.monotonic() - t0
                 cpu1 = proc.cpu_times()
+                own1 = psutil.Process().cpu_times()
+                own = (own1.user + own1.system) - (own0.user + own0.system)
                 samples.recording = False
                 cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
                 api_all = [v for values in samples.api.values() for v in values]
                 row = {
                     "agents": n,
+                    "registered": samples.registered,
+                    "registration_seconds": round(ramp_s, 1),
                     "online": sum(a["state"] == "online" for a in online),
                     "duration_s": round(wall, 1),
                     "loadavg": [round(x, 2) for x in os.getloadavg()],
                     "controller_core_percent": round(100 * cpu / wall, 1),
                     "controller_rss_mib": round(rss_max / 2**20, 1),
+                    # The simulated agents' own CPU: on a small box they compete with it.
+                    "simulator_core_percent": round(100 * own / wall, 1),
                     "heartbeats_per_s": round(len(samples.heartbeat) / wall, 1),
                     "heartbeat_ms": stats_ms(samples.heartbeat),
                     "api_ms": stats_ms(api_all),
@@ -245,8 +265,10 @@ async def measure(
                 }
                 out.append(row)
                 console.print(
-                    f"  online {row['online']}  controller {row['controller_core_percent']}% "
-                    f"of a core, RSS {row['controller_rss_mib']} MiB; heartbeat p50/p99 "
+                    f"  registered in {ramp_s:.1f} s, online {row['online']}; controller "
+                    f"{row['controller_core_percent']}% "
+                    f"of a core (simulator {row['simulator_core_percent']}%), RSS "
+                    f"{row['controller_rss_mib']} MiB; heartbeat p50/p99 "
                     f"{row['heartbeat_ms'].get('p50')}/{row['heartbeat_ms'].get('p99')} ms; "
                     f"API p50/p99 {row['api_ms'].get('p50')}/{row['api_ms'].get('p99')} ms; "
                     f"load {row['loadavg']}; errors {row['errors'] or 'none'}"
@@ -274,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agents", default="100,500,1000,2000", help="steps, comma-separated")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds measured per step")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds after adding agents")
+    parser.add_argument(
+        "--register-timeout",
+        type=float,
+        default=180.0,
+        help="most seconds to wait for registrations",
+    )
     parser.add_argument("--database", default="sqlite", help="sqlite or a postgresql:// URL")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -296,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         url = start_controller(processes, home, database_url)
         admin = (home / "admin-token").read_text().strip()
         pid = processes.procs[0].popen.pid
-        record["steps"] = run(measure(url, admin, steps, args.duration, args.settle, pid))
+        record["steps"] = run(
+            measure(url, admin, steps, args.duration, args.settle, args.register_timeout, pid)
+        )
     except BenchError as exc:
         console.print(f"[red]{exc}[/]")
         return 1
