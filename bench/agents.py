@@ -291,6 +291,15 @@ def run(coro: Coroutine[Any, Any, list[dict[str, Any]]]) -> list[dict[str, Any]]
     return uvloop.run(coro)
 
 
+def use_this_tree() -> None:
+    """Controller and agents run the code of this checkout: its src/ first on their
+    PYTHONPATH, made absolute (they run in their own directories, where a relative
+    ``PYTHONPATH=src`` would silently fall back to the installed package)."""
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    rest = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([src, *[p for p in rest if p != src]])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", default="100,500,1000,2000", help="steps, comma-separated")
@@ -312,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if not steps or steps[0] < 1:
         parser.error("--agents: at least one positive number")
     db_kind = "sqlite" if args.database == "sqlite" else "postgresql"
+    use_this_tree()
     processes = Processes()
     pg_name: str | None = None
     home = Path(tempfile.mkdtemp(prefix="conveyor-bench-agents-"))

@@ -197,6 +197,15 @@ async def live_tail(cluster: Cluster, seconds: float) -> dict[str, Any]:
     return result
 
 
+def use_this_tree() -> None:
+    """Controller and agents run the code of this checkout: its src/ first on their
+    PYTHONPATH, made absolute (they run in their own directories, where a relative
+    ``PYTHONPATH=src`` would silently fall back to the installed package)."""
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    rest = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([src, *[p for p in rest if p != src]])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megabytes", type=int, default=100)
@@ -208,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.megabytes < 1 or args.tail_seconds <= 0:
         parser.error("--megabytes >= 1 and --tail-seconds > 0")
     db_kind = "sqlite" if args.database == "sqlite" else "postgresql"
+    use_this_tree()
     processes = Processes()
     home = Path(tempfile.mkdtemp(prefix="conveyor-bench-logs-"))
     record: dict[str, Any] = {

@@ -4,8 +4,8 @@
 ``job_name = ? AND number = ?``; the only index with ``number`` was the unique
 ``(job_id, number)``, so PostgreSQL walked every job's build of that number and
 filtered by name (1,000,000 builds over 1,000 jobs: 52 ms for the query, p50
-142 ms through the API). With ``(job_name, number)`` it is one index probe (p50 6 ms, p95 8 ms through
-the API, bench/history.py on PostgreSQL).
+142 ms through the API). With ``(job_name, number)`` it is one index probe
+(p50 6 ms, p95 8 ms through the API; bench/history.py on PostgreSQL).
 
 Revision ID: 0013
 Revises: 0011
