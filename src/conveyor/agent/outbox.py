@@ -81,7 +81,7 @@ log = structlog.get_logger(__name__)
 #: Default bound on unacknowledged log bytes kept on the agent's disk (1 GiB).
 DEFAULT_MAX_OUTBOX_BYTES = 1024 * 1024 * 1024
 #: Largest log chunk sent in one request.
-MAX_CHUNK = 256 * 1024
+MAX_CHUNK = 2 * 1024 * 1024
 #: Output is written and fsync'd to the spool this often, or once this much gathered.
 FLUSH_SECONDS = 0.1
 FLUSH_BYTES = 256 * 1024

@@ -26,6 +26,7 @@ from conveyor.core.labels import is_valid_label
 from conveyor.core.states import ACTIVE_STATES, AGENT_RESULTS, BuildState, StepState
 from conveyor.errors import InvalidInput
 from conveyor.security.agents import admit_agent, bind_registered_agent
+from conveyor.store.heartbeats import heartbeat_groups
 from conveyor.store.pools import get_pool, set_agent_pool
 
 router = APIRouter(prefix="/agent/v1", tags=["agent protocol"])
@@ -170,7 +171,8 @@ async def _aborts(runtime: Any, agent_id: int, running: list[str]) -> list[str]:
 async def heartbeat(
     agent_id: int, body: HeartbeatIn, runtime: RuntimeDep, _: CallerDep
 ) -> InboxOut:
-    came_back = await runtime.store.touch_agent(
+    # Written in groups with the other agents' heartbeats (one transaction each).
+    came_back = await heartbeat_groups(runtime).touch(
         agent_id,
         runtime.clock(),
         cpu_percent=None if body.cpu_percent is None else round(body.cpu_percent),

@@ -13,6 +13,7 @@ from conveyor.controller.wakeups import Wakeups, agent_channel
 from conveyor.core.dispatch import DispatchSnapshot, Strategy, plan_assignments
 from conveyor.metrics import Metrics
 from conveyor.store import Store
+from conveyor.store.queue_probe import has_queued_builds
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +51,8 @@ class Dispatcher:
         if fence is None:
             return 0
         started = time.perf_counter()
+        if not await has_queued_builds(self.store):  # no need to read every agent
+            return 0
         snapshot = await self.snapshot()
         if not snapshot.queued:
             return 0

@@ -5,6 +5,7 @@ call is refused with 401 and the agent process stops."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from starlette.requests import HTTPConnection
@@ -100,7 +101,20 @@ async def bind_registered_agent(request: HTTPConnection, runtime: Runtime, agent
     assert principal is not None and principal.token_id is not None
     await db.record_binding(runtime.store, agent_id, principal.token_id, runtime.clock())
     token = bearer_token(request) or ""
-    auth_cache(runtime).drop("a:" + digest(token))
+    key = "a:" + digest(token)
+    cache = auth_cache(runtime)
+    cached = cache.get(key)
+    if (
+        cached is not None
+        and principal.agent_token is not None
+        and not (principal.agent_token.one_time)
+    ):
+        # A pool token shared by many agents: add this agent to the cached principal.
+        # Dropping it made every other agent of the pool authenticate again, each
+        # loading all the token's agents (2,000 agents: registrations stall).
+        cache.put(key, replace(cached, agent_ids=cached.agent_ids | {agent_id}))
+    else:
+        cache.drop(key)
     await audit_request(
         request, runtime, "agent.registered", 200, target=f"agent:{agent_id}",
         token=principal.name,

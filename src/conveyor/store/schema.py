@@ -97,6 +97,8 @@ builds = Table(
     Index("ix_builds_state", "state"),
     Index("ix_builds_agent_state", "agent_id", "state"),
     Index("ix_builds_job_name_id", "job_name", "id"),
+    # A build by job name and number (URLs, CLI): see migration 0013.
+    Index("ix_builds_job_name_number", "job_name", "number"),
 )
 
 build_steps = Table(

@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Log benchmark: a build that prints 100 MB as fast as it can, and a live tail.
+
+Starts a real controller and one real agent (``python -m conveyor server`` /
+``agent``, SQLite by default, ``--database postgresql://...`` for a throwaway
+PostgreSQL database) and runs two builds:
+
+(a) **ingest**: one step writes ``--megabytes`` MB (default 100) of 100-byte
+    lines to stdout as fast as Python can. Ingest MB/s = the build's final
+    ``log_size`` / (its ``finished_at`` - ``started_at``), from the controller's
+    own timestamps; the RSS of controller and agent is sampled every 0.2 s
+    (max reported) and their CPU over the build is reported. The stored log
+    size is checked against what the step printed (nothing acknowledged lost).
+(b) **live tail**: one step prints ``tick <unix time>`` every 50 ms for
+    ``--tail-seconds`` s while a follower reads ``GET /api/v1/builds/{id}/log/stream``
+    (server-sent events); the latency of each tick is the follower's clock at
+    arrival minus the time printed (same host, same clock).
+
+Run:  /work/venv/bin/python bench/logs.py [--megabytes 100] [--tail-seconds 10]
+      [--database sqlite|postgresql://...] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from dispatch import (
+    RESULTS_DIR,
+    BenchError,
+    Cluster,
+    Processes,
+    console,
+    create_pg_database,
+    drop_pg_database,
+    machine_info,
+    redact,
+    start_cluster,
+    stats_ms,
+)
+
+LINE = 100  # bytes per printed line, newline included
+
+
+def flood_spec(megabytes: int) -> str:
+    lines = megabytes * 1_000_000 // LINE
+    script = (
+        "import sys; w = sys.stdout.buffer.write; "
+        f"line = b'x' * {LINE - 1} + b'\\n'; block = line * 10000; "
+        f"[w(block) for _ in range({lines // 10000})]; "
+        f"w(line * {lines % 10000}); sys.stdout.flush()"
+    )
+    return f"""\
+name: bench-flood
+agent: bench
+stages:
+  - name: flood
+    steps:
+      - sh: {json.dumps(f"python3 -c {_sh_quote(script)}")}
+"""
+
+
+def ticker_spec(seconds: float) -> str:
+    script = (
+        "import time, sys\n"
+        f"end = time.time() + {seconds}\n"
+        "while time.time() < end:\n"
+        "    print(f'tick {time.time():.6f}', flush=True)\n"
+        "    time.sleep(0.05)\n"
+    )
+    return f"""\
+name: bench-ticker
+agent: bench
+stages:
+  - name: tick
+    steps:
+      - sh: {json.dumps(f"python3 -c {_sh_quote(script)}")}
+"""
+
+
+def _sh_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def _seconds(data: dict[str, Any], start: str, end: str) -> float:
+    return (datetime.fromisoformat(data[end]) - datetime.fromisoformat(data[start])).total_seconds()
+
+
+async def wait_finished(client: httpx.AsyncClient, build_id: int, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data: dict[str, Any] = (await client.get(f"/api/v1/builds/{build_id}")).json()
+        if data["finished_at"] is not None:
+            return data
+        await asyncio.sleep(0.2)
+    raise BenchError(f"build {build_id} did not finish within {timeout:g} s")
+
+
+async def ingest(cluster: Cluster, megabytes: int, timeout: float) -> dict[str, Any]:
+    controller = psutil.Process(cluster.processes.procs[0].popen.pid)
+    agent = psutil.Process(cluster.processes.procs[1].popen.pid)
+    async with cluster.client() as client:
+        put = await client.put("/api/v1/jobs/bench-flood", json={"spec": flood_spec(megabytes)})
+        if put.status_code not in (200, 201):
+            raise BenchError(f"applying bench-flood: {put.status_code} {put.text[:300]}")
+        cpu0 = {p: sum(p.cpu_times()[:2]) for p in (controller, agent)}
+        rss = {"controller": 0, "agent": 0}
+        started = time.monotonic()
+        build = (await client.post("/api/v1/jobs/bench-flood/builds", json={})).json()
+        waiting = asyncio.create_task(wait_finished(client, build["id"], timeout))
+        while not waiting.done():
+            for name, proc in (("controller", controller), ("agent", agent)):
+                with contextlib.suppress(psutil.Error):
+                    rss[name] = max(rss[name], proc.memory_info().rss)
+            await asyncio.sleep(0.2)
+        data = await waiting
+        wall = time.monotonic() - started
+        cpu = {p: sum(p.cpu_times()[:2]) - c for p, c in cpu0.items()}
+    running = _seconds(data, "started_at", "finished_at")
+    printed = megabytes * 1_000_000 // LINE * LINE
+    result = {
+        "state": data["state"],
+        "printed_bytes": printed,
+        "log_size": data["log_size"],
+        "log_complete": data["log_size"] >= printed,
+        "running_seconds": round(running, 2),
+        "ingest_mb_per_s": round(data["log_size"] / 1e6 / max(running, 1e-9), 1),
+        "submit_to_finished_seconds": round(wall, 2),
+        "controller_rss_max_mib": round(rss["controller"] / 2**20, 1),
+        "agent_rss_max_mib": round(rss["agent"] / 2**20, 1),
+        "controller_core_percent": round(100 * cpu[controller] / wall, 1),
+        "agent_core_percent": round(100 * cpu[agent] / wall, 1),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+    console.print(
+        f"  ingest: {result['log_size'] / 1e6:.1f} MB in {running:.2f} s = "
+        f"{result['ingest_mb_per_s']} MB/s ({data['state']}); RSS max controller "
+        f"{result['controller_rss_max_mib']} MiB, agent {result['agent_rss_max_mib']} MiB; "
+        f"load {result['loadavg']}"
+    )
+    if data["state"] != "succeeded":
+        raise BenchError(f"the flood build ended {data['state']}: {data.get('cause')}")
+    return result
+
+
+async def live_tail(cluster: Cluster, seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    async with cluster.client() as client:
+        put = await client.put("/api/v1/jobs/bench-ticker", json={"spec": ticker_spec(seconds)})
+        if put.status_code not in (200, 201):
+            raise BenchError(f"applying bench-ticker: {put.status_code} {put.text[:300]}")
+        build = (await client.post("/api/v1/jobs/bench-ticker/builds", json={})).json()
+        pending = ""
+        end_state = None
+        async with client.stream(
+            "GET",
+            f"/api/v1/builds/{build['id']}/log/stream",
+            timeout=httpx.Timeout(seconds + 120, connect=5),
+        ) as stream:
+            event = ""
+            async for line in stream.aiter_lines():
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and event == "log":
+                    arrived = time.time()
+                    pending += json.loads(line.split(":", 1)[1])["text"]
+                    *complete, pending = pending.split("\n")
+                    for text in complete:
+                        if text.startswith("tick "):
+                            latencies.append(arrived - float(text.split()[1]))
+                elif line.startswith("data:") and event == "end":
+                    end_state = json.loads(line.split(":", 1)[1])["state"]
+                    break
+    ms = stats_ms(latencies)
+    result: dict[str, Any] = {
+        "state": end_state,
+        "ticks": len(latencies),
+        "latency_ms": ms,
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+    console.print(
+        f"  live tail: {len(latencies)} ticks, latency p50 {ms.get('p50')} ms, p95 "
+        f"{ms.get('p95')} ms, p99 {ms.get('p99')} ms, max {ms.get('max')} ms; "
+        f"load {result['loadavg']}"
+    )
+    return result
+
+
+def use_this_tree() -> None:
+    """Controller and agents run the code of this checkout: its src/ first on their
+    PYTHONPATH, made absolute (they run in their own directories, where a relative
+    ``PYTHONPATH=src`` would silently fall back to the installed package)."""
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    rest = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([src, *[p for p in rest if p != src]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--megabytes", type=int, default=100)
+    parser.add_argument("--tail-seconds", type=float, default=10.0)
+    parser.add_argument("--database", default="sqlite", help="sqlite or a postgresql:// URL")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per build")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.megabytes < 1 or args.tail_seconds <= 0:
+        parser.error("--megabytes >= 1 and --tail-seconds > 0")
+    db_kind = "sqlite" if args.database == "sqlite" else "postgresql"
+    use_this_tree()
+    processes = Processes()
+    home = Path(tempfile.mkdtemp(prefix="conveyor-bench-logs-"))
+    record: dict[str, Any] = {
+        "benchmark": "logs",
+        "machine": machine_info(),
+        "database": db_kind,
+        "parameters": {"megabytes": args.megabytes, "tail_seconds": args.tail_seconds},
+    }
+    pg_name: str | None = None
+    try:
+        url: str | None = None
+        if db_kind == "postgresql":
+            pg_name, url, facts = create_pg_database(args.database)
+            record["postgres"] = {"server": redact(args.database), **facts}
+        cluster = start_cluster(processes, home, url, 1, 2, "warning")
+        record["ingest"] = asyncio.run(ingest(cluster, args.megabytes, args.timeout))
+        record["live_tail"] = asyncio.run(live_tail(cluster, args.tail_seconds))
+    except BenchError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 1
+    finally:
+        processes.stop_all()
+        if pg_name is not None:
+            drop_pg_database(args.database, pg_name)
+    path = args.json or RESULTS_DIR / f"logs-{db_kind}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
+    console.print(f"JSON record: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
