@@ -330,3 +330,19 @@ async def test_a_failed_build_shows_why_with_a_link_to_the_line(
     assert "<strong data-failure-category>test</strong>" in html
     assert '<a href="#L42">line 42</a>' in html
     assert "FAILED tests/test_x.py::test_y" in html
+
+
+async def test_the_dashboard_shows_running_builds_and_agents_only_to_who_may_see_them(
+    app: FastAPI, client: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    await _job_with_build(client)
+    await _running_build(runtime, clock)
+    everyone = await user_token(runtime.store, "reader", Role.VIEWER)
+    elsewhere = await user_token(runtime.store, "other-dev", Role.DEVELOPER, "other/*")
+    async with _client(app, {"Authorization": f"Bearer {everyone}"}) as reader:
+        page = (await reader.get("/ui/")).text
+    assert "team/app" in page and "box-1" in page
+    async with _client(app, {"Authorization": f"Bearer {elsewhere}"}) as dev:
+        r = await dev.get("/ui/")
+    assert r.status_code == 200
+    assert "team/app" not in r.text and "box-1" not in r.text

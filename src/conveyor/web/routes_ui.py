@@ -234,8 +234,12 @@ async def _refresh_trends(runtime: Runtime, entry: _Cached) -> None:
         entry.refresh = None
 
 
-async def _running(runtime: Runtime) -> list[dict[str, Any]]:
-    active = await runtime.store.list_builds(None, list(ACTIVE_STATES), None, 200)
+async def _running(runtime: Runtime, caller: Caller) -> list[dict[str, Any]]:
+    active = [
+        b
+        for b in await runtime.store.list_builds(None, list(ACTIVE_STATES), None, 200)
+        if caller.can(Permission.JOB_READ, b.job_name)  # prefix grants see their jobs only
+    ]
     stages = await dashboard.running_stages(runtime.store, [b.id for b in active])
     now = runtime.clock()
     return [
@@ -246,6 +250,13 @@ async def _running(runtime: Runtime) -> list[dict[str, Any]]:
         }
         for b in active
     ]
+
+
+async def _agents_for(runtime: Runtime, caller: Caller) -> list[AgentRecord]:
+    """The fleet, for callers who may see it (a global agent.read grant)."""
+    if not caller.can(Permission.AGENT_READ):
+        return []
+    return await runtime.store.list_agents()
 
 
 def _agent_state(agent: AgentRecord) -> str:
@@ -271,8 +282,8 @@ async def dashboard_page(
     # Independent reads, run together (each on its own pooled connection).
     queue, running, agents, cluster, trends = await asyncio.gather(
         routes_builds.queue(runtime, caller),
-        _running(runtime),
-        runtime.store.list_agents(),
+        _running(runtime, caller),
+        _agents_for(runtime, caller),
         _cluster(runtime, caller),
         _trends(runtime),
     )
