@@ -100,7 +100,8 @@ class Runtime:
             builds.default_log_limit = settings.log_limit_mb * 1024 * 1024
         address = settings.public_url or f"http://{settings.host}:{settings.port}"
         membership = ClusterMembership(store, controller_id, address, settings.role, clock)
-        scm = ScmBuilds(store, wakeups, clock, settings.home.resolve() / "mirrors")
+        vault = CredentialVault(store, load_secret_key(settings))
+        scm = ScmBuilds(store, wakeups, clock, settings.home.resolve() / "mirrors", vault)
         builds.scm = scm
         return cls(
             settings=settings,
@@ -119,7 +120,7 @@ class Runtime:
             notifier=notifier,
             metrics=metrics,
             metrics_updater=MetricsUpdater(metrics, store, lease, clock),
-            credentials=CredentialVault(store, load_secret_key(settings)),
+            credentials=vault,
             scm=scm,
             triggers=TriggerLoop(store, builds, scm, lease, clock, settings.scm_poll_interval),
             config_sync=ConfigSync(

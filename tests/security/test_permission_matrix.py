@@ -262,6 +262,9 @@ ROUTE_FAMILIES: dict[tuple[str, str], list[Call]] = {
     ("GET", "/api/v1/jobs/{name:path}/scm-heads"): own_other(
         "job.read", "/api/v1/jobs/JOB/scm-heads"
     ),
+    ("GET", "/api/v1/jobs/{name:path}/scm-poll"): own_other(
+        "job.read", "/api/v1/jobs/JOB/scm-poll"
+    ),
     ("POST", "/api/v1/jobs/{name:path}/rollback"): own_other(
         "job.write", "/api/v1/jobs/JOB/rollback", {"to": 99}
     ),

@@ -191,6 +191,7 @@ class BuildExecutor:
         self._procs: set[StepProcess] = set()
         self._log_lock = asyncio.Lock()
         self._log_bytes = 0  # written so far, against plan.log_limit
+        self.cause: str | None = None  # why the build failed, when known here (checkout)
         self._log_cut = False  # the limit was reached: later output is dropped
         self._started = False
 
@@ -595,7 +596,8 @@ class BuildExecutor:
             await self.reporter.log(cut)
 
     async def _checkout(self) -> bool:
-        """Check out the build's commit; a cancel stops it (then the build is cancelled)."""
+        """Check out the build's commit; a cancel stops it (then the build is cancelled).
+        A failure's reason becomes the build's cause (:attr:`cause`)."""
         from conveyor.agent.checkout import checkout
 
         assert self.ctx.plan.checkout is not None
@@ -603,7 +605,13 @@ class BuildExecutor:
             return False
         mirrors = self.ctx.mirror_root or self.ctx.workspace.parent.parent / "mirrors"
         work = asyncio.create_task(
-            checkout(self.ctx.plan.checkout, self.ctx.workspace, mirrors, self._log_line)
+            checkout(
+                self.ctx.plan.checkout,
+                self.ctx.workspace,
+                mirrors,
+                self._log_line,
+                self.ctx.credentials,
+            )
         )
         cancelled = asyncio.create_task(self._cancel_event.wait())
         try:
@@ -614,7 +622,12 @@ class BuildExecutor:
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await work
-        return work.done() and not work.cancelled() and work.result()
+        if not work.done() or work.cancelled():
+            return False
+        failure = work.result()
+        if failure is not None:
+            self.cause = failure
+        return failure is None
 
     async def _log_line(self, text: str, prefix: str | None = None) -> None:
         await self._write(f"{prefix or ''}{text}\n".encode())

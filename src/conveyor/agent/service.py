@@ -408,6 +408,8 @@ class Agent:
             except Exception as exc:
                 log.exception("build.executor_failed", build_id=build_id)
                 result, cause = BuildState.FAILED, f"agent error: {exc}"
+            if cause is None and result == BuildState.FAILED:
+                cause = executor.cause
             if self._stopping.is_set() and result == BuildState.CANCELLED:
                 cause = "agent stopped"
             await reporter.flush()

@@ -15,7 +15,7 @@ from conveyor.controller.job_edits import rollback_job
 from conveyor.core.permissions import Permission
 from conveyor.errors import InvalidInput
 from conveyor.git import GitError
-from conveyor.store.scm import get_heads, version_commits
+from conveyor.store.scm import get_heads, get_poll, version_commits
 
 router = APIRouter(prefix="/api/v1", tags=["config"])
 
@@ -107,6 +107,21 @@ async def scm_heads(name: str, runtime: RuntimeDep, _: CallerDep) -> dict[str, s
     """The last commit the leader saw (polling, webhooks) per branch of a job."""
     await runtime.store.get_job(name)
     return await get_heads(runtime.store, name)
+
+
+@router.get("/jobs/{name:path}/scm-poll")
+async def scm_poll(name: str, runtime: RuntimeDep, _: CallerDep) -> dict[str, Any]:
+    """The last poll of a job's repository by the leader: when, and its error if it
+    failed (a missing credential, an unreachable repository); ``{}`` if never polled."""
+    await runtime.store.get_job(name)
+    status = await get_poll(runtime.store, name)
+    if status is None:
+        return {}
+    return {
+        "polled_at": status.polled_at.isoformat(),
+        "succeeded_at": status.succeeded_at.isoformat() if status.succeeded_at else None,
+        "error": status.error,
+    }
 
 
 @router.post("/jobs/{name:path}/rollback")

@@ -5,6 +5,12 @@ The controller keeps its own bare mirror cache (``HOME/mirrors``) to resolve a b
 to its commit and read the commit's author, message and pipeline file; the agent then
 checks out that exact commit from its own mirror (``conveyor.agent.checkout``). So a
 build always builds the commit it names, even if the branch moves while it is queued.
+
+The job's ``scm.credential`` is resolved here from the encrypted credentials store
+(:meth:`ScmBuilds.auth`) for every git command the controller runs; an id the store
+does not have falls back to the deprecated ``CONVEYOR_SCM_CREDENTIAL_<ID>``
+environment variables. The agent gets the value with the build's start answer
+(``conveyor.api.agent_protocol``), like the credentials a step binds.
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ from conveyor.controller.wakeups import DISPATCH, Wakeups
 from conveyor.core.pipeline import ParameterError, Pipeline, SpecError, parse_pipeline, plan_build
 from conveyor.core.plan import CheckoutPlan
 from conveyor.core.scm import ScmSpec
+from conveyor.credentials.keys import DecryptError
+from conveyor.credentials.service import CredentialsNotConfigured, CredentialVault
 from conveyor.errors import Conflict, ConveyorError, InvalidInput
 from conveyor.store import Store
+from conveyor.store.credentials import get_credentials
 from conveyor.store.records import BuildRecord, JobRecord
-from conveyor.store.scm import BuildCommit, get_job_meta, record_build_commit
+from conveyor.store.scm import BuildCommit, get_heads, get_job_meta, record_build_commit
 from conveyor.store.store import NewBuild
 
 log = structlog.get_logger(__name__)
@@ -36,16 +45,69 @@ class RepositoryUnavailable(ConveyorError):
     title = "Repository unavailable"
 
 
+class ScmCredentialUnavailable(ConveyorError):
+    """The job's ``scm.credential`` cannot be resolved (not stored, not decryptable,
+    or of a kind git cannot use). Not an :class:`InvalidInput`: a trigger claim is
+    released, so the firing is tried again once the credential is there."""
+
+    status = 400
+    title = "SCM credential unavailable"
+
+
 class ScmBuilds:
-    def __init__(self, store: Store, wakeups: Wakeups, clock: Clock, mirror_root: Path) -> None:
+    def __init__(
+        self,
+        store: Store,
+        wakeups: Wakeups,
+        clock: Clock,
+        mirror_root: Path,
+        vault: CredentialVault | None = None,
+    ) -> None:
         self.store = store
         self.wakeups = wakeups
         self.clock = clock
         self.mirror_root = mirror_root
+        self.vault = vault
+
+    async def auth(self, spec: ScmSpec) -> git.Credential:
+        """The job's repository credential, resolved: from the credentials store, else
+        (deprecated) the id itself for the ``CONVEYOR_SCM_CREDENTIAL_<ID>`` variables."""
+        cred_id = spec.credential
+        if cred_id is None:
+            return None
+        record = (await get_credentials(self.store, [cred_id])).get(cred_id)
+        if record is None:
+            if git.has_env_credential(cred_id):
+                log.warning(
+                    "scm.credential_from_environment",
+                    credential=cred_id,
+                    variable=git.env_name(cred_id),
+                    hint="deprecated: store it with `conveyor credentials add`",
+                )
+                return cred_id
+            raise ScmCredentialUnavailable(
+                f"credential {cred_id!r} for {spec.git} is not in the credentials store "
+                f"(and {git.env_name(cred_id)} is not set): add it with "
+                f"`conveyor credentials add {cred_id}`"
+            )
+        try:
+            if self.vault is None:
+                raise CredentialsNotConfigured("no credentials store on this controller")
+            fields = {"kind": record.kind, **self.vault.open(record)}
+            return git.auth_from_fields(cred_id, fields)
+        except (CredentialsNotConfigured, DecryptError, ValueError) as exc:
+            raise ScmCredentialUnavailable(
+                f"credential {cred_id!r} for {spec.git} cannot be used: {exc}"
+            ) from None
+
+    async def ls_remote(self, spec: ScmSpec) -> dict[str, str]:
+        """Every ref of the job's repository (``git ls-remote`` with its credential)."""
+        return await git.ls_remote(spec.git, await self.auth(spec))
 
     async def fetch(self, spec: ScmSpec) -> Path:
+        auth = await self.auth(spec)
         try:
-            return await git.mirror(self.mirror_root, spec.git, spec.credential)
+            return await git.mirror(self.mirror_root, spec.git, auth)
         except git.GitError as exc:
             raise RepositoryUnavailable(f"{spec.git}: {exc}") from None
 
@@ -59,16 +121,35 @@ class ScmBuilds:
         branch: str | None = None,
         sha: str | None = None,
     ) -> BuildRecord:
-        """Queue a build of ``sha`` (default: the branch's current commit)."""
+        """Queue a build of ``sha`` (default: the branch's current commit; for a pull
+        request job the request's last head commit; for a tag job the tagged commit)."""
         from conveyor.controller.builds import plan_steps
 
         spec = pipeline.scm
         assert spec is not None
         meta = await get_job_meta(self.store, job.name)
+        kind = meta.sub_kind if meta is not None and meta.parent is not None else None
         if meta is not None and meta.archived:
-            raise Conflict(f"job {job.name!r} is archived (its branch was deleted)")
+            gone = {"pr": "its pull request was closed", "tag": "its tag was deleted"}
+            why = gone.get(kind or "", "its branch was deleted")
+            raise Conflict(f"job {job.name!r} is archived ({why})")
         if branch is None:
             branch = meta.branch if meta is not None and meta.branch else None
+        ref: str | None = None  # default: the branch
+        extra: dict[str, str] = {}
+        if kind == "pr" and meta is not None:
+            extra = {
+                "CHANGE_ID": meta.change_id or "",
+                "CHANGE_BRANCH": meta.branch or "",
+                "CHANGE_TARGET": meta.change_target or "",
+            }
+            if sha is None:  # a request's head may live in a fork: rebuild the last one seen
+                sha = (await get_heads(self.store, job.name)).get(meta.branch or "")
+                if sha is None:
+                    raise Conflict(f"job {job.name!r}: no head commit of this request is known")
+        elif kind == "tag" and branch is not None:
+            ref = f"refs/tags/{branch}"
+            extra = {"TAG_NAME": branch}
         if branch is None:
             if spec.multibranch:
                 raise InvalidInput(
@@ -78,7 +159,7 @@ class ScmBuilds:
             branch = spec.default_branch
         mirror = await self.fetch(spec)
         try:
-            sha = await git.resolve(mirror, sha or f"refs/heads/{branch}")
+            sha = await git.resolve(mirror, sha or ref or f"refs/heads/{branch}")
             info = await git.commit_info(mirror, sha)
         except git.GitError as exc:
             raise RepositoryUnavailable(f"{spec.git}: branch {branch!r}: {exc}") from None
@@ -108,7 +189,7 @@ class ScmBuilds:
             subject=info.subject,
         )
         # Jenkins' names, for scripts that already read them.
-        plan.environment.update(GIT_COMMIT=sha, GIT_BRANCH=branch, GIT_URL=spec.git)
+        plan.environment.update(GIT_COMMIT=sha, GIT_BRANCH=branch, GIT_URL=spec.git, **extra)
         build = await self.store.create_build(
             NewBuild(
                 job_name=job.name,

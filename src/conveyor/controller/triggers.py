@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 import yaml
+from sqlalchemy import delete, select
 
 from conveyor import git
 from conveyor.controller.builds import BuildService
@@ -31,17 +32,20 @@ from conveyor.controller.leader import LeaderLease
 from conveyor.controller.scm import ScmBuilds
 from conveyor.core.cron import CronError, parse_cron
 from conveyor.core.pipeline import Pipeline, SpecError, parse_pipeline
-from conveyor.core.scm import branch_matches, sub_job_name
+from conveyor.core.scm import branch_matches, pr_job_name, sub_job_name, tag_job_name
 from conveyor.core.states import BuildState
 from conveyor.errors import Conflict, ConveyorError, InvalidInput
 from conveyor.store import Store
 from conveyor.store.records import BuildRecord, JobRecord
+from conveyor.store.schema import jobs
 from conveyor.store.scm import (
     JobMeta,
     all_job_meta,
     claim,
     get_heads,
+    get_job_meta,
     prune_claims,
+    record_poll,
     release_claim,
     set_claim_build,
     set_head,
@@ -239,7 +243,14 @@ class TriggerLoop:
         if last is not None and (now - last).total_seconds() < interval:
             return 0
         self._polled_at[name] = now
-        branches = git.branches_of(await git.ls_remote(spec.git, spec.credential))
+        try:
+            refs = await self.scm.ls_remote(spec)
+        except (git.GitError, ConveyorError) as exc:
+            # Recorded where any controller can show it (GET /api/v1/jobs/NAME/scm-poll).
+            await record_poll(self.store, name, now, str(exc))
+            raise
+        await record_poll(self.store, name, now, None)
+        branches = git.branches_of(refs)
         if spec.multibranch:
             return await self._multibranch(
                 job, jobs, branches, now, build_changes=bool(triggers and triggers.poll)
@@ -293,10 +304,10 @@ class TriggerLoop:
         parent = job.record.name
         matching = {b: s for b, s in branches.items() if branch_matches(spec.branches, b)}
         started = 0
-        children = {
+        children = {  # pull request and tag jobs come and go with webhooks, not here
             j.meta.branch: j
             for j in jobs.values()
-            if j.meta is not None and j.meta.parent == parent
+            if j.meta is not None and j.meta.parent == parent and j.meta.sub_kind == "branch"
         }
         for branch, sha in sorted(matching.items()):
             child = children.get(branch)
@@ -336,33 +347,23 @@ def branch_job_spec(parent_spec: str, name: str, branch: str) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-async def sync_branch_job(
-    store: Store, parent: JobRecord, child: JobRecord, branch: str, now: datetime
-) -> None:
-    """Carry a change of the multibranch job's spec over to a branch job."""
-    spec = branch_job_spec(parent.spec, child.name, branch)
-    if spec == child.spec:
-        return
-    pipeline = parse_pipeline(spec, f"{child.name}.yml")
-    fields = JobFields(
-        name=child.name,
-        spec=spec,
-        description=pipeline.description,
-        label_expression=pipeline.agent,
-        concurrency=pipeline.concurrency,
-        priority=pipeline.priority or 0,
-    )
-    await store.update_job(fields, None, f"multibranch {parent.name}", now)
+def change_job_spec(parent_spec: str, name: str) -> str:
+    """The spec of a pull request or tag job: the parent's pipeline under its own name,
+    building only what webhooks announce (the commit comes from the event), so without
+    branch patterns, tag or request options, and without triggers of its own."""
+    data = yaml.safe_load(parent_spec)
+    data["name"] = name
+    scm = dict(data["scm"])
+    for key in ("branch", "branches", "tags", "pull_requests"):
+        scm.pop(key, None)
+    data["scm"] = scm
+    data.pop("triggers", None)
+    return yaml.safe_dump(data, sort_keys=False)
 
 
-async def ensure_branch_job(
-    store: Store, parent: JobRecord, branch: str, now: datetime
-) -> _Job | None:
-    """Create the branch job ``parent/branch`` (with its meta row) if missing."""
-    name = sub_job_name(parent.name, branch)
-    spec = branch_job_spec(parent.spec, name, branch)
+def _fields(spec: str, name: str) -> tuple[Pipeline, JobFields]:
     pipeline = parse_pipeline(spec, f"{name}.yml")
-    fields = JobFields(
+    return pipeline, JobFields(
         name=name,
         spec=spec,
         description=pipeline.description,
@@ -370,12 +371,84 @@ async def ensure_branch_job(
         concurrency=pipeline.concurrency,
         priority=pipeline.priority or 0,
     )
+
+
+async def sync_branch_job(
+    store: Store, parent: JobRecord, child: JobRecord, branch: str, now: datetime
+) -> None:
+    """Carry a change of the multibranch job's spec over to a branch job."""
+    spec = branch_job_spec(parent.spec, child.name, branch)
+    if spec == child.spec:
+        return
+    _, fields = _fields(spec, child.name)
+    await store.update_job(fields, None, f"multibranch {parent.name}", now)
+
+
+async def ensure_branch_job(
+    store: Store, parent: JobRecord, branch: str, now: datetime
+) -> _Job | None:
+    """Create the branch job ``parent/branch`` (with its meta row) if missing."""
+    return await ensure_sub_job(store, parent, "branch", branch, now)
+
+
+async def ensure_sub_job(
+    store: Store,
+    parent: JobRecord,
+    kind: str,
+    ref: str,
+    now: datetime,
+    change_id: int | None = None,
+    change_target: str | None = None,
+) -> _Job | None:
+    """Create (or bring up to date) the sub-job of ``parent`` for a branch
+    (``parent/feature-x``), a pull request (``parent/PR-12``, ``ref`` its source branch)
+    or a tag (``parent/tag-v1.2``). ``None`` when that name is taken by another job, or
+    when the parent was deleted meanwhile (no orphan is left behind)."""
+    if kind == "pr":
+        assert change_id is not None
+        name = pr_job_name(parent.name, change_id)
+        spec = change_job_spec(parent.spec, name)
+    elif kind == "tag":
+        name = tag_job_name(parent.name, ref)
+        spec = change_job_spec(parent.spec, name)
+    else:
+        name = sub_job_name(parent.name, ref)
+        spec = branch_job_spec(parent.spec, name, ref)
+    pipeline, fields = _fields(spec, name)
+    author = f"multibranch {parent.name}"
+    created = True
     try:
-        record = await store.create_job(fields, f"multibranch {parent.name}", now)
+        record = await store.create_job(fields, author, now)
     except Conflict:
+        created = False
         record = await store.get_job(name)
+        meta = await get_job_meta(store, name)
+        if meta is None or meta.parent != parent.name or meta.sub_kind != kind:
+            log.warning("multibranch.name_taken", job=name, parent=parent.name, kind=kind)
+            return None
+        if kind != "branch" and record.spec != spec:  # the parent's pipeline changed
+            record = await store.update_job(fields, None, author, now)
+    values: dict[str, Any] = {"parent": parent.name, "branch": ref, "kind": kind}
+    if kind == "pr":
+        values.update(change_id=str(change_id), change_target=change_target)
     async with store.write() as conn:
-        await set_job_meta(conn, record.id, parent=parent.name, branch=branch, archived=False)
-    meta = JobMeta(name, None, None, None, parent.name, branch, False)
-    log.info("multibranch.created", job=name, branch=branch)
+        if await conn.scalar(select(jobs.c.id).where(jobs.c.id == parent.id)) is None:
+            # The parent was deleted while this job was made: do not leave an orphan.
+            if created:
+                await conn.execute(delete(jobs).where(jobs.c.id == record.id))
+            return None
+        await set_job_meta(conn, record.id, **values)
+    meta = JobMeta(
+        name,
+        None,
+        None,
+        None,
+        parent.name,
+        ref,
+        False,
+        kind,
+        values.get("change_id"),
+        change_target,
+    )
+    log.info("multibranch.created", job=name, kind=kind, ref=ref)
     return _Job(record, pipeline, meta)

@@ -22,15 +22,23 @@ from conveyor.controller.clock import Clock
 from conveyor.controller.scm import ScmBuilds
 from conveyor.controller.triggers import (
     ensure_branch_job,
+    ensure_sub_job,
     fire,
     parsed_pipeline,
     scm_claim_key,
 )
-from conveyor.core.scm import branch_matches, normalize_repo_url, sub_job_name
+from conveyor.core.scm import (
+    branch_matches,
+    normalize_repo_url,
+    pr_job_name,
+    sub_job_name,
+    tag_job_name,
+)
 from conveyor.core.webhooks import EventError, ScmEvent, parse_event, verify
 from conveyor.errors import ConveyorError
 from conveyor.store import Store
 from conveyor.store.scm import (
+    JobMeta,
     all_job_meta,
     record_delivery,
     set_head,
@@ -178,36 +186,62 @@ class WebhookService:
             if not allowed(record.name):  # type: ignore[operator]
                 reasons.append(f"{record.name}: not signed with this job's own secret")
                 continue
+            if event.sha is None and not event.deleted:
+                continue
             target, branch = record, event.branch
+            child_job = None
             if event.kind == "tag":
-                if not spec.tags or not branch_matches(spec.tags, event.tag or ""):
+                tag = event.tag or ""
+                if not spec.tags or not branch_matches(spec.tags, tag):
                     continue
-                branch = event.tag
+                if event.deleted:
+                    reasons += await self._archive(metas, tag_job_name(record.name, tag), "tag")
+                    continue
+                child_job = await ensure_sub_job(self.store, record, "tag", tag, now)
+                branch = tag
             elif event.kind == "pull_request":
                 if not spec.pull_requests:
                     continue
+                if event.pull_request is None:
+                    reasons.append(f"{record.name}: the request has no number")
+                    continue
+                if event.deleted:
+                    child = pr_job_name(record.name, event.pull_request)
+                    reasons += await self._archive(metas, child, "pull request closed")
+                    continue
+                child_job = await ensure_sub_job(
+                    self.store,
+                    record,
+                    "pr",
+                    event.branch or "",
+                    now,
+                    change_id=event.pull_request,
+                    change_target=event.target_branch,
+                )
             elif spec.multibranch:
                 assert spec.branches is not None
                 if branch is None or not branch_matches(spec.branches, branch):
                     continue
                 if event.deleted:
                     child = sub_job_name(record.name, branch)
-                    if child in metas:
-                        await update_job_meta(self.store, child, archived=True)
-                        reasons.append(f"{child}: branch deleted, job archived")
+                    reasons += await self._archive(metas, child, "branch deleted")
                     continue
                 child_job = await ensure_branch_job(self.store, record, branch, now)
-                if child_job is None:
-                    continue
+            elif branch != spec.default_branch or event.deleted:
+                continue
+            if child_job is not None:
                 target, pipeline = child_job.record, child_job.pipeline
                 if metas.get(target.name) is not None and metas[target.name].archived:
                     await update_job_meta(self.store, target.name, archived=False)
-            elif branch != spec.default_branch or event.deleted:
+            elif event.kind != "push" or spec.multibranch:
+                reasons.append(f"{record.name}: its sub-job's name is taken by another job")
                 continue
             if event.sha is None or branch is None:
                 continue
             sha = event.sha
             label = f"{event.kind} webhook {branch}@{sha[:12]}"
+            if event.kind == "pull_request":
+                label = f"pull request #{event.pull_request} webhook {branch}@{sha[:12]}"
             try:
                 build = await fire(
                     self.store,
@@ -220,13 +254,21 @@ class WebhookService:
             except ConveyorError as exc:
                 reasons.append(f"{target.name}: {exc}")
                 continue
-            if event.kind == "push":
-                await set_head(self.store, target.name, branch, sha, now)
+            # The last head seen: a pull request job rebuilds it when started by hand.
+            await set_head(self.store, target.name, branch, sha, now)
             if build is None:
                 reasons.append(f"{target.name}: {sha[:12]} was already built")
             else:
                 started.append(build.id)
         return started, reasons
+
+    async def _archive(self, metas: Mapping[str, JobMeta], child: str, why: str) -> list[str]:
+        """Archive a sub-job whose branch, tag or pull request is gone (history kept)."""
+        if child not in metas:
+            return []
+        await update_job_meta(self.store, child, archived=True)
+        log.info("multibranch.archived", job=child, reason=why)
+        return [f"{child}: {why}, job archived"]
 
 
 def _no_job(event: ScmEvent) -> str:

@@ -29,7 +29,9 @@ __all__ = [
     "branch_matches",
     "mirror_key",
     "normalize_repo_url",
+    "pr_job_name",
     "sub_job_name",
+    "tag_job_name",
 ]
 
 DEFAULT_PIPELINE_PATH = "conveyor.yml"
@@ -210,15 +212,31 @@ def branch_matches(pattern: str, branch: str) -> bool:
     return any(_glob(p).fullmatch(branch) for p in _patterns(pattern))
 
 
+def _segment(ref: str) -> str:
+    segment = re.sub(r"[^A-Za-z0-9._-]+", "-", ref).strip("-.") or "branch"
+    if not segment[0].isalnum():
+        segment = "b" + segment
+    return segment
+
+
 def sub_job_name(job: str, branch: str) -> str:
     """The per-branch job of a multibranch job: ``svc`` + ``feature/x`` -> ``svc/feature-x``
     (one name segment per branch, so sub-jobs never collide with folders)."""
-    segment = re.sub(r"[^A-Za-z0-9._-]+", "-", branch).strip("-.") or "branch"
-    if not segment[0].isalnum():
-        segment = "b" + segment
+    segment = _segment(branch)
     if segment in ("builds", "versions"):
         segment = f"{segment}-branch"
     return f"{job}/{segment}"
+
+
+def pr_job_name(job: str, number: int) -> str:
+    """The job of pull/merge request 12 of ``svc``: ``svc/PR-12`` (Jenkins' name)."""
+    return f"{job}/PR-{number}"
+
+
+def tag_job_name(job: str, tag: str) -> str:
+    """The job of tag ``v1.2`` of ``svc``: ``svc/tag-v1.2`` (prefixed, so a tag never
+    takes the name of a branch job)."""
+    return f"{job}/tag-{_segment(tag)}"
 
 
 def normalize_repo_url(url: str) -> str:

@@ -39,7 +39,7 @@ class ScmEvent:
     branch: str | None = None  # push: the branch; pull request: the source branch
     tag: str | None = None
     sha: str | None = None
-    deleted: bool = False
+    deleted: bool = False  # push/tag: the ref was deleted; pull request: it was closed
     pull_request: int | None = None
     target_branch: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
@@ -128,7 +128,10 @@ def _github_like(event: str, data: dict[str, Any]) -> ScmEvent:
     if event == "pull_request":
         pr = data.get("pull_request") or {}
         action = str(data.get("action") or "")
-        if action not in ("opened", "synchronize", "synchronized", "reopened", "edited"):
+        closed = action == "closed"  # merged or not: the request's job is archived
+        if action not in ("opened", "synchronize", "synchronized", "reopened", "edited") and (
+            not closed
+        ):
             return ScmEvent("other", f"pull_request {action}", urls)
         head_repo = _dig(pr, "head", "repo") or {}
         base_repo = _dig(pr, "base", "repo") or {}
@@ -140,6 +143,7 @@ def _github_like(event: str, data: dict[str, Any]) -> ScmEvent:
             sha=_dig(pr, "head", "sha"),
             pull_request=int(pr.get("number") or data.get("number") or 0) or None,
             target_branch=_dig(pr, "base", "ref"),
+            deleted=closed,
         )
     return ScmEvent("other", event, urls)
 
@@ -161,7 +165,8 @@ def _gitlab(event: str, data: dict[str, Any]) -> ScmEvent:
     if kind in ("merge_request", "Merge Request Hook"):
         attrs = data.get("object_attributes") or {}
         action = str(attrs.get("action") or "")
-        if action not in ("open", "reopen", "update"):
+        closed = action in ("close", "merge")
+        if action not in ("open", "reopen", "update") and not closed:
             return ScmEvent("other", f"merge_request {action}", urls)
         source = attrs.get("source") or {}
         return ScmEvent(
@@ -172,6 +177,7 @@ def _gitlab(event: str, data: dict[str, Any]) -> ScmEvent:
             sha=_dig(attrs, "last_commit", "id"),
             pull_request=int(attrs.get("iid") or 0) or None,
             target_branch=attrs.get("target_branch"),
+            deleted=closed,
         )
     return ScmEvent("other", str(kind), urls)
 

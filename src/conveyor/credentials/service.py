@@ -150,10 +150,15 @@ class CredentialVault:
         )
 
     async def resolve(self, plan: dict[str, Any]) -> dict[str, dict[str, str]]:
-        """The values a build's plan binds, by id, for the agent that starts it. An id
+        """The values a build's plan binds (and its repository's credential), by id, for
+        the agent that starts it. An id
         that is gone or does not decrypt maps to ``{"error": why}``: the agent fails
         the steps that bind it, saying why (never with a value)."""
-        ids = BuildPlan.model_validate(plan).credential_ids()
+        parsed = BuildPlan.model_validate(plan)
+        ids = parsed.credential_ids()
+        if parsed.checkout is not None and parsed.checkout.credential:
+            # The repository's credential, for the agent's checkout (conveyor.git).
+            ids = sorted({*ids, parsed.checkout.credential})
         if not ids:
             return {}
         found = await get_credentials(self.store, ids)

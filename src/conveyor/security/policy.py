@@ -158,6 +158,7 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/config/applies"): need(P.JOB_READ),
     ("GET", "/api/v1/jobs/{name:path}/commits"): need(P.JOB_READ, "name"),
     ("GET", "/api/v1/jobs/{name:path}/scm-heads"): need(P.JOB_READ, "name"),
+    ("GET", "/api/v1/jobs/{name:path}/scm-poll"): need(P.JOB_READ, "name"),
     ("POST", "/api/v1/jobs/{name:path}/rollback"): need(P.JOB_WRITE, "name"),
     ("POST", "/api/v1/webhooks/{provider}"): PUBLIC,
     ("GET", "/api/v1/webhooks/deliveries"): need(P.JOB_READ),

@@ -11,6 +11,8 @@
   parent and branch, archived flag.
 * ``job_version_commits``: the config commit each job version came from.
 * ``config_applies``: every ``conveyor config apply``.
+* ``scm_polls``: when the leader last polled a job's repository, and the last error
+  (migration 0016, which also gave ``job_meta`` a sub-job ``kind``: branch, pr, tag).
 """
 
 from __future__ import annotations
@@ -103,6 +105,19 @@ job_meta = Table(
     Column("parent", String(200), nullable=True),  # multibranch: the job this one is a branch of
     Column("branch", String(250), nullable=True),
     Column("archived", Boolean, nullable=False, default=False),
+    # What a sub-job builds: "branch" (or NULL), "pr" (pull/merge request) or "tag".
+    Column("kind", String(20), nullable=True),
+    Column("change_id", String(50), nullable=True),  # pr: the request's number
+    Column("change_target", String(250), nullable=True),  # pr: its target branch
+)
+
+scm_polls = Table(
+    "scm_polls",
+    metadata,
+    Column("job_name", String(200), primary_key=True),
+    Column("polled_at", UTCDateTime, nullable=False),
+    Column("succeeded_at", UTCDateTime, nullable=True),
+    Column("error", Text, nullable=True),
 )
 
 job_version_commits = Table(
@@ -157,6 +172,13 @@ class JobMeta:
     parent: str | None
     branch: str | None
     archived: bool
+    kind: str | None = None  # sub-jobs: "branch" (None too), "pr", "tag"
+    change_id: str | None = None
+    change_target: str | None = None
+
+    @property
+    def sub_kind(self) -> str:
+        return self.kind or "branch"
 
 
 # ------------------------------------------------------------------ commits
@@ -251,6 +273,56 @@ async def claimed(store: Store, key: str) -> bool:
             select(trigger_claims.c.key).where(trigger_claims.c.key == key[:600])
         )
     return found is not None
+
+
+# ------------------------------------------------------------------- polls
+
+
+@dataclass(frozen=True)
+class PollStatus:
+    polled_at: datetime
+    succeeded_at: datetime | None
+    error: str | None
+
+
+async def record_poll(store: Store, job_name: str, now: datetime, error: str | None) -> None:
+    """The outcome of one poll of a job's repository (``error`` None: it worked)."""
+    values: dict[str, Any] = {"polled_at": now, "error": error}
+    if error is None:
+        values["succeeded_at"] = now
+    async with store.write() as conn:
+        result = await conn.execute(
+            update(scm_polls).where(scm_polls.c.job_name == job_name).values(**values)
+        )
+        if result.rowcount == 0:
+            await conn.execute(store.insert_ignore(scm_polls).values(job_name=job_name, **values))
+
+
+async def get_poll(store: Store, job_name: str) -> PollStatus | None:
+    async with store.read() as conn:
+        row = (
+            await conn.execute(select(scm_polls).where(scm_polls.c.job_name == job_name))
+        ).one_or_none()
+    return None if row is None else PollStatus(row.polled_at, row.succeeded_at, row.error)
+
+
+async def forget_jobs(conn: AsyncConnection, names: list[str]) -> None:
+    """Rows kept by job *name* (not id, so no foreign key removes them): a deleted job's
+    heads and poll status, so that a new job of the same name starts afresh."""
+    if names:
+        await conn.execute(delete(scm_heads).where(scm_heads.c.job_name.in_(names)))
+        await conn.execute(delete(scm_polls).where(scm_polls.c.job_name.in_(names)))
+
+
+async def sub_job_names(conn: AsyncConnection, parent: str) -> list[str]:
+    """The branch, pull request and tag jobs of a multibranch parent (archived too)."""
+    rows = await conn.scalars(
+        select(jobs.c.name)
+        .join(job_meta, job_meta.c.job_id == jobs.c.id)
+        .where(job_meta.c.parent == parent)
+        .order_by(jobs.c.name)
+    )
+    return list(rows)
 
 
 # ----------------------------------------------------------------- webhooks
@@ -377,6 +449,9 @@ def _meta(m: Any) -> JobMeta:
         parent=m["parent"],
         branch=m["branch"],
         archived=bool(m["archived"]),
+        kind=m["kind"],
+        change_id=m["change_id"],
+        change_target=m["change_target"],
     )
 
 

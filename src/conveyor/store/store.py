@@ -271,22 +271,29 @@ class Store(StoreBase):
         return [_job(r) for r in rows]
 
     async def delete_job(self, name: str) -> list[str]:
-        """Delete a job and its builds; returns the blob keys the caller should remove."""
+        """Delete a job and its builds; returns the blob keys the caller should remove.
+        A multibranch job's branch, pull request and tag jobs go with it, in the same
+        transaction: nothing is deleted if any of them has a build still running."""
+        from conveyor.store.scm import forget_jobs, sub_job_names  # (scm imports this module)
+
         async with self.write() as conn:
             job_id = await conn.scalar(select(jobs.c.id).where(jobs.c.name == name))
             if job_id is None:
                 raise NotFound(f"job {name!r} not found")
+            names = [name, *await sub_job_names(conn, name)]
+            ids = list(await conn.scalars(select(jobs.c.id).where(jobs.c.name.in_(names))))
             active = await conn.scalar(
                 select(func.count())
                 .select_from(builds)
-                .where(builds.c.job_id == job_id, builds.c.state.in_(ACTIVE))
+                .where(builds.c.job_id.in_(ids), builds.c.state.in_(ACTIVE))
             )
             if active:
-                raise Conflict(f"job {name!r} has {active} running build(s); cancel them first")
+                what = f"job {name!r} " + ("has" if len(names) == 1 else "and its sub-jobs have")
+                raise Conflict(f"{what} {active} running build(s); cancel them first")
             blob_keys = list(
                 await conn.scalars(
                     select(builds.c.log_blob).where(
-                        builds.c.job_id == job_id, builds.c.log_blob.is_not(None)
+                        builds.c.job_id.in_(ids), builds.c.log_blob.is_not(None)
                     )
                 )
             )
@@ -294,15 +301,16 @@ class Store(StoreBase):
                 await conn.scalars(
                     select(artifacts.c.blob_key)
                     .join(builds, builds.c.id == artifacts.c.build_id)
-                    .where(builds.c.job_id == job_id)
+                    .where(builds.c.job_id.in_(ids))
                 )
             )
-            build_ids = select(builds.c.id).where(builds.c.job_id == job_id)
+            build_ids = select(builds.c.id).where(builds.c.job_id.in_(ids))
             for table in (log_chunks, artifacts, build_steps):
                 await conn.execute(delete(table).where(table.c.build_id.in_(build_ids)))
-            await conn.execute(delete(builds).where(builds.c.job_id == job_id))
-            await conn.execute(delete(job_versions).where(job_versions.c.job_id == job_id))
-            await conn.execute(delete(jobs).where(jobs.c.id == job_id))
+            await conn.execute(delete(builds).where(builds.c.job_id.in_(ids)))
+            await conn.execute(delete(job_versions).where(job_versions.c.job_id.in_(ids)))
+            await conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
+            await forget_jobs(conn, names)
         return [k for k in blob_keys if k]
 
     async def job_versions(self, name: str) -> list[JobVersionRecord]:
