@@ -89,17 +89,17 @@ async def test_gitlab_tags_merge_requests_and_multibranch(
     }
     answer = await gitlab(client, mr, "Merge Request Hook")
     assert answer.status_code == 202
-    # Tag and merge request builds of a multibranch job are the parent job's.
+    # Tag and merge request builds go to sub-jobs of their own (test_multibranch_changes).
     tag_build, mr_build = (
         (await client.get(f"/api/v1/builds/{tag.json()['builds'][0]}")).json(),
         (await client.get(f"/api/v1/builds/{answer.json()['builds'][0]}")).json(),
     )
     assert (tag_build["job"], tag_build["commit"]["sha"], tag_build["commit"]["branch"]) == (
-        "app",
+        "app/tag-v1.0",
         main,
         "v1.0",
     )
-    assert (mr_build["job"], mr_build["commit"]["sha"]) == ("app", feature)
+    assert (mr_build["job"], mr_build["commit"]["sha"]) == ("app/PR-4", feature)
     again = await gitlab(client, mr, "Merge Request Hook")
     assert again.status_code == 200 and "already built" in again.json()["reason"]
 

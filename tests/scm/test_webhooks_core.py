@@ -77,8 +77,16 @@ def test_github_and_gitea_events() -> None:
         7,
         "main",
     )
-    closed = parse_event("github", {"x-github-event": "pull_request"}, {"action": "closed"})
-    assert closed.kind == "other"
+    # A closed request (merged or not) archives its job: a pull_request event, "deleted".
+    closed = parse_event(
+        "github",
+        {"x-github-event": "pull_request"},
+        {"action": "closed", "number": 7, "pull_request": {"number": 7}, "repository": repo},
+    )
+    assert (closed.kind, closed.pull_request, closed.deleted) == ("pull_request", 7, True)
+    assert not pr.deleted
+    labeled = parse_event("github", {"x-github-event": "pull_request"}, {"action": "labeled"})
+    assert labeled.kind == "other"
     assert parse_event("github", {"x-github-event": "ping"}, {"zen": "hi"}).kind == "ping"
 
 
@@ -112,6 +120,17 @@ def test_gitlab_events() -> None:
         },
     )
     assert (mr.kind, mr.branch, mr.pull_request, mr.sha) == ("pull_request", "fix", 3, "1" * 40)
+    for action in ("close", "merge"):
+        gone = parse_event(
+            "gitlab",
+            {"x-gitlab-event": "Merge Request Hook"},
+            {
+                "object_kind": "merge_request",
+                "project": project,
+                "object_attributes": {"action": action, "iid": 3, "source_branch": "fix"},
+            },
+        )
+        assert (gone.kind, gone.pull_request, gone.deleted) == ("pull_request", 3, True)
 
 
 def test_generic_events_and_errors() -> None:
