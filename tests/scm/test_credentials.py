@@ -3,6 +3,8 @@ to a real HTTP git server that requires Basic auth, never on git's command line.
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,45 @@ def test_credential_ids_map_to_variable_names(monkeypatch: pytest.MonkeyPatch) -
     env = git.env_credentials("shop-deploy.key")
     assert env == {"GIT_SSH_COMMAND": "ssh -i /keys/id -o IdentitiesOnly=yes -o BatchMode=yes"}
     assert git.env_credentials(None) == {}
+
+
+async def test_stored_values_as_git_auth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token (``text``) and a username/password both log in over HTTP; neither is in
+    argv or the mirror's config; an SSH key is a 0600 file only while git runs."""
+    repo = Repo(tmp_path / "srv", "private")
+    sha = repo.create({"README": "x"}, "one")
+    server = GitHttp(tmp_path / "srv", basic_auth=f"{git.TOKEN_USERNAME}:tok-123").start()
+    try:
+        url = server.url(repo)
+        token = git.auth_from_fields("t", {"kind": "text", "value": "tok-123"})
+        assert (await git.ls_remote(url, token))["refs/heads/main"] == sha
+        assert "tok-123" not in repr(token)
+        wrong = git.auth_from_fields(
+            "u", {"kind": "username_password", "username": "x", "password": "nope"}
+        )
+        with pytest.raises(git.GitError):
+            await git.ls_remote(url, wrong)
+        path = await git.mirror(tmp_path / "mirrors", url, token)
+        assert "tok-123" not in (path / "config").read_text()
+    finally:
+        server.stop()
+    with pytest.raises(git.CredentialKindError, match="file credential"):
+        git.auth_from_fields("k", {"kind": "file", "value": "x"})
+
+    # SSH: git runs `ssh -i KEYFILE`; a stand-in ssh shows the file while git runs.
+    seen = tmp_path / "seen"
+    fake_ssh = tmp_path / "bin" / "ssh"
+    fake_ssh.parent.mkdir()
+    fake_ssh.write_text(
+        "#!/bin/sh\n"
+        f'key="$2"; stat -c %a "$key" > {seen}; cat "$key" >> {seen}; echo "$key" >> {seen}\n'
+        "exit 1\n"
+    )
+    fake_ssh.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_ssh.parent}:{os.environ['PATH']}")
+    key = git.auth_from_fields("k", {"kind": "ssh_key", "value": "-----KEY-----"})
+    with pytest.raises(git.GitError):
+        await git.ls_remote("ssh://git@127.0.0.1/r.git", key)
+    mode, body, key_path = seen.read_text().splitlines()
+    assert (mode, body) == ("600", "-----KEY-----")
+    assert not await asyncio.to_thread(Path(key_path).exists)  # removed when git ended
