@@ -131,6 +131,8 @@ class Runtime:
                 settings.config_ref,
                 settings.config_sync_interval,
                 clock,
+                settings.config_repo_credential,
+                scm,
             ),
         )
 

@@ -120,6 +120,10 @@ class Settings(BaseSettings):
         default=None, description="config repository URL kept in sync (docs/config-as-code.md)"
     )
     config_ref: str = Field(default="main", description="branch of the config repository")
+    config_repo_credential: str | None = Field(
+        default=None,
+        description="id of the stored credential to fetch the config repository with",
+    )
     config_sync_interval: float | None = Field(
         default=None, gt=0, description="seconds between config repository syncs; unset: off"
     )

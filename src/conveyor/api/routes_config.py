@@ -14,7 +14,7 @@ from conveyor.controller.config_sync import read_repo_files
 from conveyor.controller.job_edits import rollback_job
 from conveyor.core.permissions import Permission
 from conveyor.errors import InvalidInput
-from conveyor.git import GitError
+from conveyor.git import Credential, GitError
 from conveyor.store.scm import get_heads, get_poll, version_commits
 
 router = APIRouter(prefix="/api/v1", tags=["config"])
@@ -29,6 +29,7 @@ class ApplyIn(BaseModel):
     files: dict[str, str] | None = None
     repo: str | None = None
     ref: str = "main"
+    credential: Annotated[str | None, Field(max_length=200)] = None  # for ``repo``: an id
     source: Annotated[str | None, Field(max_length=2000)] = None  # where files came from
     commit: Annotated[str | None, Field(max_length=64)] = None
     dry_run: bool = False
@@ -56,9 +57,12 @@ async def apply_config(body: ApplyIn, runtime: RuntimeDep, caller: CallerDep) ->
     say what would change). 400 with every ``file:line: message`` if anything is invalid."""
     commit: str | None
     if body.repo is not None:
+        auth: Credential = body.credential
+        if runtime.scm is not None:  # from the credentials store; 400 if unavailable
+            auth = await runtime.scm.auth_for(body.repo, body.credential)
         try:
             files, commit = await read_repo_files(
-                runtime.settings.home.resolve() / "mirrors", body.repo, body.ref
+                runtime.settings.home.resolve() / "mirrors", body.repo, body.ref, auth
             )
         except GitError as exc:
             # The caller named the repository: one it cannot read is bad input (4xx).

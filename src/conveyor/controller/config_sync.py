@@ -15,15 +15,18 @@ from conveyor import git
 from conveyor.controller.clock import Clock
 from conveyor.controller.config_apply import ApplyResult, ConfigApplier
 from conveyor.controller.leader import LeaderLease
+from conveyor.controller.scm import ScmBuilds, ScmCredentialUnavailable
 from conveyor.errors import Conflict, InvalidInput
 
 log = structlog.get_logger(__name__)
 
 
-async def read_repo_files(mirror_root: Path, url: str, ref: str) -> tuple[dict[str, str], str]:
+async def read_repo_files(
+    mirror_root: Path, url: str, ref: str, credential: git.Credential = None
+) -> tuple[dict[str, str], str]:
     """The text files of ``ref`` in a repository (through the mirror cache), and the
     commit they come from."""
-    mirror = await git.mirror(mirror_root, url)
+    mirror = await git.mirror(mirror_root, url, credential)
     sha = await git.resolve(mirror, ref if ref.startswith("refs/") else f"refs/heads/{ref}")
     proc_out = await _archive(mirror, sha)
     files: dict[str, str] = {}
@@ -66,6 +69,8 @@ class ConfigSync:
         ref: str,
         interval: float | None,
         clock: Clock,
+        credential: str | None = None,
+        scm: ScmBuilds | None = None,
     ) -> None:
         self.applier = applier
         self.lease = lease
@@ -74,6 +79,8 @@ class ConfigSync:
         self.ref = ref
         self.interval = interval
         self.clock = clock
+        self.credential = credential  # a stored credential's id (setting config_repo_credential)
+        self.scm = scm  # resolves it
         self._last: datetime | None = None
         self.last_error: str | None = None
 
@@ -91,11 +98,14 @@ class ConfigSync:
             return None
         self._last = now
         try:
-            files, sha = await read_repo_files(self.mirror_root, self.repo, self.ref)
+            auth: git.Credential = self.credential
+            if self.scm is not None:
+                auth = await self.scm.auth_for(self.repo, self.credential)
+            files, sha = await read_repo_files(self.mirror_root, self.repo, self.ref, auth)
             if sha == await self.applier.last_commit(self.repo):
                 return None
             result = await self.applier.apply(files, self.repo, sha, "config-sync")
-        except (git.GitError, InvalidInput, Conflict) as exc:
+        except (git.GitError, InvalidInput, Conflict, ScmCredentialUnavailable) as exc:
             self.last_error = str(exc) + "".join(f"\n  {e}" for e in getattr(exc, "errors", []))
             log.warning("config.sync_failed", repo=self.repo, error=self.last_error)
             return None

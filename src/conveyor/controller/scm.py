@@ -70,9 +70,12 @@ class ScmBuilds:
         self.vault = vault
 
     async def auth(self, spec: ScmSpec) -> git.Credential:
-        """The job's repository credential, resolved: from the credentials store, else
+        """The job's repository credential, resolved (see :meth:`auth_for`)."""
+        return await self.auth_for(spec.git, spec.credential)
+
+    async def auth_for(self, url: str, cred_id: str | None) -> git.Credential:
+        """A repository credential, resolved: from the credentials store, else
         (deprecated) the id itself for the ``CONVEYOR_SCM_CREDENTIAL_<ID>`` variables."""
-        cred_id = spec.credential
         if cred_id is None:
             return None
         record = (await get_credentials(self.store, [cred_id])).get(cred_id)
@@ -86,7 +89,7 @@ class ScmBuilds:
                 )
                 return cred_id
             raise ScmCredentialUnavailable(
-                f"credential {cred_id!r} for {spec.git} is not in the credentials store "
+                f"credential {cred_id!r} for {url} is not in the credentials store "
                 f"(and {git.env_name(cred_id)} is not set): add it with "
                 f"`conveyor credentials add {cred_id}`"
             )
@@ -97,7 +100,7 @@ class ScmBuilds:
             return git.auth_from_fields(cred_id, fields)
         except (CredentialsNotConfigured, DecryptError, ValueError) as exc:
             raise ScmCredentialUnavailable(
-                f"credential {cred_id!r} for {spec.git} cannot be used: {exc}"
+                f"credential {cred_id!r} for {url} cannot be used: {exc}"
             ) from None
 
     async def ls_remote(self, spec: ScmSpec) -> dict[str, str]:
