@@ -423,7 +423,9 @@ async def ensure_sub_job(
         created = False
         record = await store.get_job(name)
         meta = await get_job_meta(store, name)
-        if meta is None or meta.parent != parent.name or meta.sub_kind != kind:
+        # Made by an earlier pass that stopped before its meta row: ours to adopt.
+        adopt = meta is None and record.spec == spec
+        if not adopt and (meta is None or meta.parent != parent.name or meta.sub_kind != kind):
             log.warning("multibranch.name_taken", job=name, parent=parent.name, kind=kind)
             return None
         if kind != "branch" and record.spec != spec:  # the parent's pipeline changed
