@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from conveyor import git
+from conveyor.agent.checkout import CheckoutFailed, checkout_auth
+from conveyor.core.plan import CheckoutPlan
 from tests.scm.gitserver import GitHttp, Repo
 
 
@@ -84,3 +86,19 @@ async def test_stored_values_as_git_auth(tmp_path: Path, monkeypatch: pytest.Mon
     mode, body, key_path = seen.read_text().splitlines()
     assert (mode, body) == ("600", "-----KEY-----")
     assert not await asyncio.to_thread(Path(key_path).exists)  # removed when git ended
+
+
+def test_agent_checkout_credential(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the agent fetches with: the stored value the controller sent; else the
+    deprecated variable of its own environment; else a failure that names the id."""
+    plan = CheckoutPlan(url="https://git.example.org/r.git", commit="a" * 40, credential="c/x")
+    sent = {"c/x": {"kind": "username_password", "username": "u", "password": "p"}}
+    assert checkout_auth(plan, sent) == git.GitAuth(username="u", password="p")
+    gone = {"c/x": {"error": "credential 'c/x' does not exist (deleted?)"}}
+    with pytest.raises(CheckoutFailed, match=r"'c/x' does not exist .*needs it"):
+        checkout_auth(plan, gone)
+    with pytest.raises(CheckoutFailed, match="file credential"):
+        checkout_auth(plan, {"c/x": {"kind": "file", "value": "v"}})
+    monkeypatch.setenv("CONVEYOR_SCM_CREDENTIAL_C_X", "u:p")
+    assert checkout_auth(plan, gone) == "c/x"  # resolved from the environment by git_env
+    assert checkout_auth(plan.model_copy(update={"credential": None}), {}) is None
