@@ -252,3 +252,8 @@ def plan_changes(
     for kind, name in sorted(managed_here - declared):
         changes.append(Change(kind, name, "release", None))
     return sorted(changes, key=lambda c: (c.kind != "folder", c.kind, c.name))
+
+
+# The kinds whose state lives in other features' tables (pools, notifiers, grants,
+# instance schedules) register themselves on import.
+from conveyor.core import config_kinds as _config_kinds  # noqa: E402, F401
