@@ -244,14 +244,20 @@ class ConfigApplier:
 
     async def _check(self, conn: AsyncConnection, desired: list[Desired]) -> None:
         """The kinds' checks against the store; InvalidInput listing every issue."""
+        issues = await self._store_issues(conn, desired)
+        if issues:
+            raise _invalid(ConfigError(issues))
+
+    async def _store_issues(
+        self, conn: AsyncConnection, desired: list[Desired]
+    ) -> list[ConfigIssue]:
         issues: list[ConfigIssue] = []
         for kind_name, kind_store in KIND_STORES.items():
             if kind_store.check is not None:
                 items = [d for d in desired if d.kind == kind_name]
                 if items:
                     issues.extend(await kind_store.check(conn, items, self.env))
-        if issues:
-            raise _invalid(ConfigError(issues))
+        return issues
 
     async def _current(
         self, conn: AsyncConnection, source: str
@@ -277,7 +283,10 @@ class ConfigApplier:
         try:
             desired = load_config(files)
         except ConfigError as exc:
-            raise _invalid(exc) from None
+            # The store checks of the valid files' objects are reported with the rest.
+            async with self.store.read() as conn:
+                more = await self._store_issues(conn, exc.parsed)
+            raise _invalid(ConfigError([*exc.issues, *more])) from None
         by_key = {(d.kind, d.name): d for d in desired}
         if dry_run:
             async with self.store.read() as conn:
