@@ -59,9 +59,11 @@ def test_config_cli_from_a_git_repository(controller: Controller, tmp_path: Path
     first, second = tmp_path / "export-1", tmp_path / "export-2"
     assert controller.cli("config", "export", str(first)).returncode == 0
     expected = {k: v for k, v in tree(repo.work).items()}
-    assert tree(first) == expected
+    # ... plus the first admin's grant, which is configuration too (grants/).
+    admin = b"user: admin\ngrants:\n- role: admin\n  pattern: '*'\n"
+    assert tree(first) == {**expected, "grants/admin.yml": admin}
     applied = controller.cli("config", "apply", str(first))
-    assert applied.returncode == 0 and "51 unchanged" in applied.stdout
+    assert applied.returncode == 0 and "52 unchanged" in applied.stdout
     assert controller.cli("config", "export", str(second)).returncode == 0
     assert tree(second) == tree(first)
 

@@ -165,7 +165,9 @@ async def test_one_bad_file_among_many_applies_nothing_and_names_file_and_line(
 ) -> None:
     await add_user(runtime, "alice")
     files = all_kinds()
-    files.update({f"jobs/team-a/job-{i:02d}.yml": job_yaml(f"team-a/job-{i:02d}") for i in range(30)})
+    files.update(
+        {f"jobs/team-a/job-{i:02d}.yml": job_yaml(f"team-a/job-{i:02d}") for i in range(30)}
+    )
     files["grants/bob.yml"] = "user: bob\ngrants:\n  - role: viewer\n"  # bob does not exist
     answer = await apply(client, files)
     assert answer.status_code == 400
@@ -246,7 +248,10 @@ async def test_a_pool_secret_never_goes_to_git_and_survives_an_apply(
 
 
 async def test_a_stored_notifier_sends_and_the_file_wins_no_clash(
-    runtime: Runtime, client: httpx.AsyncClient, clock: FakeClock, receiver: Receiver  # noqa: F811
+    runtime: Runtime,
+    client: httpx.AsyncClient,
+    clock: FakeClock,
+    receiver: Receiver,  # noqa: F811
 ) -> None:
     answer = await apply(client, {"notifiers/team-hook.yml": NOTIFIER.format(url=receiver.url())})
     assert answer.status_code == 200, answer.text
@@ -291,7 +296,9 @@ async def test_leader_loops_use_the_applied_schedules(
     artifacts = ArtifactRetention.from_settings(
         runtime.settings, runtime.store, runtime.blobs, runtime.lease, clock
     )
-    scheduler = BackupScheduler(runtime.settings, runtime.store, runtime.lease, clock, runtime.metrics)
+    scheduler = BackupScheduler(
+        runtime.settings, runtime.store, runtime.lease, clock, runtime.metrics
+    )
     # Nothing applied: the settings are in effect.
     assert (await artifacts.effective_policy()).keep_days == runtime.settings.artifact_keep_days
     assert (await history.effective_policy()).keep_last == runtime.settings.build_keep_last

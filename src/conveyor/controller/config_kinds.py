@@ -66,7 +66,9 @@ async def _claim(conn: AsyncConnection, item: Desired, ctx: ApplyContext) -> Non
 def _releaser(kind: str) -> Any:
     async def release(conn: AsyncConnection, name: str) -> None:
         await conn.execute(
-            delete(config_managed).where(config_managed.c.kind == kind, config_managed.c.name == name)
+            delete(config_managed).where(
+                config_managed.c.kind == kind, config_managed.c.name == name
+            )
         )
 
     return release
@@ -78,9 +80,7 @@ async def _upsert(
     result = await conn.execute(update(table).where(key == name).values(**values, updated_at=now))
     if result.rowcount == 0:
         await conn.execute(
-            insert(table).values(
-                **{key.name: name}, **values, created_at=now, updated_at=now
-            )
+            insert(table).values(**{key.name: name}, **values, created_at=now, updated_at=now)
             if "created_at" in table.c
             else insert(table).values(**{key.name: name}, **values, updated_at=now)
         )
@@ -92,7 +92,7 @@ async def _upsert(
 async def _pools_current(conn: AsyncConnection) -> dict[str, tuple[str, str | None]]:
     managed = await _managed(conn, "pool")
     rows = (await conn.execute(select(pools))).all()
-    return {r.name: (render_pool(r._mapping), managed.get(r.name)) for r in rows}
+    return {r.name: (render_pool(dict(r._mapping)), managed.get(r.name)) for r in rows}
 
 
 async def _stored_configs(conn: AsyncConnection, names: list[str]) -> dict[str, dict[str, Any]]:

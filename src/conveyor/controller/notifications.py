@@ -198,9 +198,7 @@ class Notifier:
                 continue
             try:
                 stored[name] = adapter.validate_python(document)
-                rules.extend(
-                    Rule.model_validate({**r, "notifiers": [name]}) for r in raw_rules
-                )
+                rules.extend(Rule.model_validate({**r, "notifiers": [name]}) for r in raw_rules)
             except ValueError as exc:
                 log.warning("notifications.stored_invalid", notifier=name, error=str(exc))
         self._stored, self._stored_rules = stored, rules

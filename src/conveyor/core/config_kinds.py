@@ -237,9 +237,7 @@ def render_notifier(name: str, document: Mapping[str, Any], rules: list[Any]) ->
         **config.model_dump(mode="json", by_alias=True, exclude_defaults=True),
     }
     if rules:
-        data["rules"] = [
-            {"jobs": list(r["jobs"]), "on": list(r["on"])} for r in rules
-        ]
+        data["rules"] = [{"jobs": list(r["jobs"]), "on": list(r["on"])} for r in rules]
     return _dump(data)
 
 
@@ -317,9 +315,7 @@ def _parse_grants(file: str, text: str) -> Desired:
         issues.append(ConfigIssue(file, _line_of(root, (key,)), f"unknown field {key!r}"))
     user = data.get("user")
     if not isinstance(user, str) or not USER_NAME.fullmatch(user) or len(user) > 100:
-        issues.append(
-            ConfigIssue(file, _line_of(root, ("user",)), f"invalid user name {user!r}")
-        )
+        issues.append(ConfigIssue(file, _line_of(root, ("user",)), f"invalid user name {user!r}"))
     raw = data.get("grants")
     if not isinstance(raw, list):
         issues.append(
