@@ -13,6 +13,7 @@ import pytest
 
 from conveyor.controller.notifications import Notifier
 from conveyor.core.config_repo import load_config
+from conveyor.core.states import BuildState
 from conveyor.runtime import Runtime
 from conveyor.store import security as db
 from tests.conftest import FakeClock
@@ -306,10 +307,21 @@ async def test_leader_loops_use_the_applied_schedules(
     await scheduler.run_once()
     assert scheduler.schedules == []
 
+    for _ in range(4):
+        await finished_build(runtime.store, clock, "team-a/api", BuildState.SUCCEEDED)
+    assert await history.run_once() == 0  # the settings keep every build
+    assert len(await runtime.store.list_builds("team-a/api")) == 4
+
     files = {"schedules/retention.yml": RETENTION, "schedules/backup.yml": BACKUP}
     assert (await apply(client, files)).status_code == 200
     assert (await artifacts.effective_policy()).keep_days == 7
     assert (await history.effective_policy()).keep_last == 50
+    # The leader's history pass deletes by the stored policy, no restart needed.
+    retention = RETENTION.replace("build_keep_last: 50", "build_keep_last: 1")
+    files["schedules/retention.yml"] = retention
+    assert (await apply(client, files)).status_code == 200
+    await history.run_once()
+    assert len(await runtime.store.list_builds("team-a/api")) == 1
     clock.advance(1)
     await scheduler.run_once()
     assert scheduler.schedules == [("full", "0 2 * * 0"), ("prune", "0 4 * * *")]

@@ -217,7 +217,10 @@ async def _all_grants(conn: AsyncConnection) -> dict[str, list[tuple[str, str]]]
 async def _grants_current(conn: AsyncConnection) -> dict[str, tuple[str, str | None]]:
     managed = await _managed(conn, "grant")
     held = await _all_grants(conn)
-    names = set(held) | set(managed)
+    existing = set((await conn.execute(select(users.c.name))).scalars())
+    # A managed user with no grants left is still declared (grants: []); a deleted
+    # user is not.
+    names = set(held) | (set(managed) & existing)
     return {n: (render_grants(n, held.get(n, [])), managed.get(n)) for n in sorted(names)}
 
 
