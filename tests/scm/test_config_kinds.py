@@ -327,3 +327,35 @@ async def test_leader_loops_use_the_applied_schedules(
     assert scheduler.schedules == [("full", "0 2 * * 0"), ("prune", "0 4 * * *")]
     assert scheduler.overrides["backup_keep_weekly_fulls"] == 2
     assert scheduler.overrides["backup_artifacts"] is False
+
+
+async def test_every_kind_from_a_real_git_repository(
+    client: httpx.AsyncClient, runtime: Runtime, tmp_path: Any
+) -> None:
+    from tests.scm.gitserver import Repo
+
+    await add_user(runtime, "alice")
+    repo = Repo(tmp_path / "srv", "config")
+    sha = repo.create({**all_kinds(), "README.md": "the instance\n"}, "every kind")
+    answer = await client.post("/api/v1/config/apply", json={"repo": repo.file_url})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["commit"] == sha
+    instance = (await client.get("/api/v1/config/instance")).json()
+    assert instance["backup"]["managed_repo"] == repo.file_url
+    assert instance["backup"]["managed_commit"] == sha
+    exported = (await client.get("/api/v1/config/export")).json()["files"]
+    # Jobs come back byte for byte, the other kinds in canonical form.
+    canonical = {d.file: d.text for d in load_config(all_kinds())}
+    assert {k: v for k, v in exported.items() if k != "grants/admin.yml"} == canonical
+    assert canonical["jobs/team-a/api.yml"] == all_kinds()["jobs/team-a/api.yml"]
+
+    # A bad commit (a grant for a user that does not exist) changes nothing.
+    repo.commit({"grants/carol.yml": "user: carol\ngrants: []\n", "pools/linux.yml": ""}, "bad")
+    bad = await client.post("/api/v1/config/apply", json={"repo": repo.file_url})
+    assert bad.status_code == 400
+    assert bad.json()["errors"] == [
+        "grants/carol.yml:1: unknown user 'carol': users are not configuration; create the "
+        "user first (conveyor admin user add carol), then apply",
+        "pools/linux.yml:1: a pool is a mapping",
+    ]
+    assert (await client.get("/api/v1/config/export")).json()["files"] == exported
