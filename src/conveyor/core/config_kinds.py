@@ -108,6 +108,17 @@ def _pydantic_issues(
 
     issues: list[ConfigIssue] = []
     for err in exc.errors():
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            found = err.get("ctx", {}).get("tag")
+            got = f", not {found!r}" if found else ""
+            issue = ConfigIssue(
+                file,
+                _line_of(root, (*prefix, "type")),
+                f"type: expected webhook, slack or email{got}",
+            )
+            if issue not in issues:
+                issues.append(issue)
+            continue
         path_loc, line_loc, message = _humanize(err)
         # Discriminated unions put the tag ("webhook") in the location: drop it.
         path_loc = tuple(p for p in path_loc if p not in ("webhook", "slack", "email"))
@@ -166,7 +177,7 @@ def _pool_error_line(root: yaml.Node, data: Mapping[str, Any], message: str) -> 
     words = set(re.findall(r"[a-z_]+", message.lower()))
     if "pool name" in message:
         return _line_of(root, ("name",))
-    for key in ("policy", *_POOL_KEYS):
+    for key in ("policy", *_POOL_KEYS, *map(str, data)):
         if key in words and key in data:
             return _line_of(root, (key,))
     policy = data.get("policy")
