@@ -74,8 +74,20 @@ def _line_of(root: yaml.Node | None, loc: Loc) -> int:
 
 def _load(file: str, text: str, what: str) -> tuple[dict[str, Any], yaml.Node]:
     """The file's mapping and its YAML node tree (for line numbers)."""
+    from conveyor.core.pipeline import _scan, _TooBig
+
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None:
+            # Duplicate keys, recursive or exploding aliases: refused before loading.
+            try:
+                problems = _scan(root)
+            except _TooBig as exc:
+                raise ConfigError([ConfigIssue(file, 1, str(exc))]) from None
+            if problems:
+                raise ConfigError(
+                    [ConfigIssue(file, _line_of(root, loc), msg) for loc, msg in problems]
+                )
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -188,8 +200,29 @@ def _pool_error_line(root: yaml.Node, data: Mapping[str, Any], message: str) -> 
     return 1
 
 
+def _text_keys(value: Any) -> bool:
+    """Whether every mapping key, at any depth, is text, and every value one JSON has
+    (what the API accepts: no dates, no binary)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _text_keys(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_text_keys(v) for v in value)
+    return value is None or isinstance(value, str | int | float | bool)
+
+
 def _parse_pool(file: str, text: str) -> Desired:
     data, root = _load(file, text, "a pool")
+    if not _text_keys(data):
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    file,
+                    1,
+                    "a pool holds only text keys and JSON values (text, numbers, true/false, "
+                    "null, lists, mappings): quote dates and other values",
+                )
+            ]
+        )
     issues: list[ConfigIssue] = []
     config = data.get("provider_config")
     if isinstance(config, dict):
