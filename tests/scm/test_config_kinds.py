@@ -219,6 +219,16 @@ async def test_an_apply_never_removes_the_last_admin_grant(
         ("admin", "viewer", "*"),
         ("alice", "admin", "*"),
     ]
+    # Every grant change by an apply is a security audit event.
+    events = await db.list_audit(runtime.store, security_only=True, limit=50)
+    applied = {e.target: e.detail for e in events if e.action == "grant.config_applied"}
+    assert applied["user:admin"] == {
+        "added": [["viewer", "*"]],
+        "removed": [["admin", "*"]],
+        "commit": None,
+        "file": "grants/admin.yml",
+    }
+    assert applied["user:alice"]["added"] == [["admin", "*"]]
 
 
 async def test_a_pool_secret_never_goes_to_git_and_survives_an_apply(

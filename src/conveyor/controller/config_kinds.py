@@ -28,7 +28,7 @@ from conveyor.core.permissions import GLOBAL, Role
 from conveyor.errors import InvalidInput
 from conveyor.store.pools import pools
 from conveyor.store.schema import config_managed, instance_settings, notifiers
-from conveyor.store.security import user_grants, users
+from conveyor.store.security import audit_events, user_grants, users
 
 __all__ = ["instance_documents", "stored_notifiers"]
 
@@ -280,10 +280,30 @@ async def _grant_write(conn: AsyncConnection, item: Desired, ctx: ApplyContext) 
     gone = [gid for key, gid in have.items() if key not in wanted]
     if gone:
         await conn.execute(delete(user_grants).where(user_grants.c.id.in_(gone)))
-    for role, pattern in sorted(wanted - set(have)):
+    added = sorted(wanted - set(have))
+    for role, pattern in added:
         await conn.execute(
             insert(user_grants).values(
                 user_id=user_id, role=role, pattern=pattern, created_at=ctx.now
+            )
+        )
+    if added or gone:
+        # A security event, recorded in the same transaction as the change.
+        await conn.execute(
+            insert(audit_events).values(
+                at=ctx.now,
+                actor=ctx.author[:200],
+                action="grant.config_applied",
+                target=f"user:{item.name}",
+                outcome="success",
+                source=ctx.source[:200],
+                security=True,
+                detail={
+                    "added": [list(g) for g in added],
+                    "removed": sorted([r, p] for (r, p), gid in have.items() if gid in gone),
+                    "commit": ctx.commit,
+                    "file": item.file,
+                },
             )
         )
     await _claim(conn, item, ctx)
