@@ -17,7 +17,7 @@ from conveyor.blobs import BlobStore, FolderBlobStore, open_blob_store
 from conveyor.controller.autoscaler import Autoscaler, request_latency
 from conveyor.controller.builds import BuildService
 from conveyor.controller.clock import Clock, utcnow
-from conveyor.controller.config_apply import ConfigApplier
+from conveyor.controller.config_apply import ConfigApplier, apply_env
 from conveyor.controller.config_sync import ConfigSync
 from conveyor.controller.dispatcher import Dispatcher
 from conveyor.controller.failures import FailureAnalyzer
@@ -124,7 +124,7 @@ class Runtime:
             scm=scm,
             triggers=TriggerLoop(store, builds, scm, lease, clock, settings.scm_poll_interval),
             config_sync=ConfigSync(
-                ConfigApplier(store, clock),
+                ConfigApplier(store, clock, apply_env(settings, notifier.config)),
                 lease,
                 settings.home.resolve() / "mirrors",
                 settings.config_repo,

@@ -51,21 +51,25 @@ async def test_one_bad_job_among_50_applies_nothing_and_names_file_and_line(
         "(expected sh, echo, archive or publish)"
     ]
     assert (await client.get("/api/v1/jobs")).json() == []
-    assert (await client.get("/api/v1/config/export")).json()["files"] == {}
+    exported = (await client.get("/api/v1/config/export")).json()["files"]
+    assert list(exported) == ["grants/admin.yml"]  # only the first admin's grant
     assert (await client.get("/api/v1/config/applies")).json() == []
 
     # Several problems in several files are all reported, each with its file and line.
     files = fifty_jobs(bad=3)
     files["jobs/team/job-04.yml"] = job_yaml("team/other")
-    files["pools/linux.yml"] = "name: linux\n"
+    files["pipelines/linux.yml"] = "name: linux\n"
     errors = (await apply(client, files)).json()["errors"]
     assert [e.split(":")[0] for e in errors] == [
         "jobs/team/job-03.yml",
         "jobs/team/job-04.yml",
-        "pools/linux.yml",
+        "pipelines/linux.yml",
     ]
     assert "move it to jobs/team/other.yml" in errors[1]
-    assert "not in a known kind folder (known: folders/, jobs/)" in errors[2]
+    assert (
+        "not in a known kind folder (known: folders/, grants/, jobs/, notifiers/, pools/, "
+        "schedules/)" in errors[2]
+    )
     assert (await client.get("/api/v1/jobs")).json() == []
 
 

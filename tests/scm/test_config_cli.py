@@ -59,9 +59,11 @@ def test_config_cli_from_a_git_repository(controller: Controller, tmp_path: Path
     first, second = tmp_path / "export-1", tmp_path / "export-2"
     assert controller.cli("config", "export", str(first)).returncode == 0
     expected = {k: v for k, v in tree(repo.work).items()}
-    assert tree(first) == expected
+    # ... plus the first admin's grant, which is configuration too (grants/).
+    admin = b"user: admin\ngrants:\n- role: admin\n  pattern: '*'\n"
+    assert tree(first) == {**expected, "grants/admin.yml": admin}
     applied = controller.cli("config", "apply", str(first))
-    assert applied.returncode == 0 and "51 unchanged" in applied.stdout
+    assert applied.returncode == 0 and "52 unchanged" in applied.stdout
     assert controller.cli("config", "export", str(second)).returncode == 0
     assert tree(second) == tree(first)
 
@@ -106,3 +108,32 @@ def test_apply_from_repo_url_rollback_and_sync_on_webhook(
     assert done.returncode == 0 and "version 3" in done.stdout
     with controller.client() as c:
         assert c.get("/api/v1/jobs/svc").json()["spec"] == job_yaml("svc", "one")
+
+
+def test_config_instance_shows_the_source_in_effect(tmp_path: Path) -> None:
+    controller = Controller(tmp_path / "controller").start()
+    try:
+        folder = tmp_path / "config"
+        (folder / "schedules").mkdir(parents=True)
+        (folder / "schedules/retention.yml").write_text("build_keep_last: 25\n")
+        (folder / "pools").mkdir()
+        (folder / "pools/linux.yml").write_text("name: linux\nlabels: [linux]\nmax: 3\n")
+        (folder / "grants").mkdir()
+        (folder / "grants/admin.yml").write_text("user: admin\ngrants: []\n")
+        refused = controller.cli("config", "apply", str(folder))
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert "grants/admin.yml:2: this would remove the last admin grant" in refused.stderr
+        (folder / "grants/admin.yml").unlink()
+        applied = controller.cli("config", "apply", str(folder))
+        assert applied.returncode == 0, applied.stderr
+        shown = controller.cli("config", "instance")
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert any(line.split()[:3] == ["build_keep_last", "25", "config"] for line in lines)
+        assert any(
+            line.split()[:2] == ["artifact_keep_days", "30"] and "settings" in line
+            for line in lines
+        )
+        assert "schedules/backup.yml: not applied" in shown.stdout
+    finally:
+        controller.stop()

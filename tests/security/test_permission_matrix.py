@@ -258,6 +258,7 @@ ROUTE_FAMILIES: dict[tuple[str, str], list[Call]] = {
     ("POST", "/api/v1/config/apply"): [Call("config.manage", "/api/v1/config/apply", {})],
     ("GET", "/api/v1/config/export"): [Call("config.manage", "/api/v1/config/export")],
     ("GET", "/api/v1/config/applies"): [Call("job.read:list", "/api/v1/config/applies")],
+    ("GET", "/api/v1/config/instance"): [Call("fleet.read", "/api/v1/config/instance")],
     ("GET", "/api/v1/jobs/{name:path}/commits"): own_other("job.read", "/api/v1/jobs/JOB/commits"),
     ("GET", "/api/v1/jobs/{name:path}/scm-heads"): own_other(
         "job.read", "/api/v1/jobs/JOB/scm-heads"

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, model_validator
 
 from conveyor.api.deps import CallerDep, RuntimeDep
-from conveyor.controller.config_apply import ConfigApplier
+from conveyor.controller.config_apply import ConfigApplier, apply_env
 from conveyor.controller.config_sync import read_repo_files
 from conveyor.controller.job_edits import rollback_job
 from conveyor.core.permissions import Permission
@@ -48,7 +48,9 @@ class RollbackIn(BaseModel):
 
 
 def _applier(runtime: Any) -> ConfigApplier:
-    return ConfigApplier(runtime.store, runtime.clock)
+    return ConfigApplier(
+        runtime.store, runtime.clock, apply_env(runtime.settings, runtime.notifier.config)
+    )
 
 
 @router.post("/config/apply")
@@ -90,6 +92,15 @@ async def apply_config(body: ApplyIn, runtime: RuntimeDep, caller: CallerDep) ->
 @router.get("/config/export")
 async def export_config(runtime: RuntimeDep, _: CallerDep) -> dict[str, Any]:
     return {"files": await _applier(runtime).export()}
+
+
+@router.get("/config/instance")
+async def config_instance(runtime: RuntimeDep, _: CallerDep) -> dict[str, Any]:
+    """The instance schedules in effect (retention defaults, backup schedules): each
+    field's value and its source, the config repository or the controller settings."""
+    from conveyor.controller.config_kinds import effective_instance
+
+    return await effective_instance(runtime.store, runtime.settings)
 
 
 @router.get("/config/applies")

@@ -83,11 +83,13 @@ def _artifact_policy(settings: object) -> RetentionPolicy:
 @router.get("/retention/preview")
 async def retention_preview(runtime: RuntimeDep, _: CallerDep) -> PreviewOut:
     """What a retention pass would delete now; nothing is deleted."""
+    from conveyor.controller.config_kinds import retention_policy
+
     found = await preview(
         runtime.store,
         runtime.clock(),
-        default_history_policy(runtime.settings),
-        _artifact_policy(runtime.settings),
+        await retention_policy(runtime.store, default_history_policy(runtime.settings), "build"),
+        await retention_policy(runtime.store, _artifact_policy(runtime.settings), "artifact"),
         JobPolicyCache(runtime.store, keep_released(runtime.settings)),
     )
     return PreviewOut(

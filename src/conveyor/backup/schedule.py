@@ -113,21 +113,37 @@ class BackupScheduler:
         self.clock = clock
         self.metrics = metrics
         self.started_at: datetime = clock()
-        self.schedules: list[tuple[str, str]] = []
+        #: What ``schedules/backup.yml`` stored (setting name -> value), read each pass
+        #: on the leader; it wins over the settings.
+        self.overrides: dict[str, Any] = {}
+        self.schedules: list[tuple[str, str]] = self._schedules()
+
+    def _setting(self, name: str) -> Any:
+        return self.overrides[name] if name in self.overrides else getattr(self.settings, name)
+
+    def _schedules(self) -> list[tuple[str, str]]:
+        schedules: list[tuple[str, str]] = []
         for kind, setting in (
             ("full", "backup_full_cron"),
             ("incremental", "backup_incremental_cron"),
             ("prune", "backup_prune_cron"),
         ):
-            expression = getattr(settings, setting, None)
+            expression = self._setting(setting) if hasattr(self.settings, setting) else None
             if expression:
-                self.schedules.append((kind, check_cron(expression, setting)))
+                schedules.append((kind, check_cron(expression, setting)))
+        return schedules
 
     async def run_once(self) -> None:
+        from conveyor.controller.config_kinds import instance_overrides
+
         last = await last_successful_backup_at(self.store)
         if last is not None:
             self.metrics.backup_last_success_timestamp_seconds.set(last.timestamp())
-        if not self.schedules or not self.lease.is_leader:
+        if not self.lease.is_leader:
+            return
+        self.overrides = await instance_overrides(self.store, "backup")
+        self.schedules = self._schedules()
+        if not self.schedules:
             return
         now = self.clock()
         for kind, expression in self.schedules:
@@ -144,7 +160,8 @@ class BackupScheduler:
     async def prune(self, now: datetime) -> None:
         target = open_blob_store(self.settings.resolved_backup_target())
         policy = BackupRetention(
-            self.settings.backup_keep_weekly_fulls, self.settings.backup_keep_incremental_days
+            self._setting("backup_keep_weekly_fulls"),
+            self._setting("backup_keep_incremental_days"),
         )
         try:
             decision = await prune_backups(target, policy, now)
@@ -183,7 +200,7 @@ class BackupScheduler:
             args += ["--blob-url", s.blob_url]
         else:
             args += ["--blob-dir", str(s.resolved_blob_dir())]
-        if not s.backup_artifacts:
+        if not self._setting("backup_artifacts"):
             args.append("--no-artifacts")
         for path in s.backup_secret_files:
             args += ["--include-key", str(path)]

@@ -147,3 +147,20 @@ def export(
                 fail(f"cannot write {target}: {exc.strerror}")
             progress.advance(task)
     out.print(f"wrote {len(files)} file(s) to {folder}")
+
+
+@app.command("instance")
+def instance(url: UrlOpt = None, token: TokenOpt = None) -> None:
+    """Show the instance schedules in effect (retention defaults, backup schedules) and
+    where each value comes from: the config repository or the controller settings."""
+    client = ApiClient.from_options(url, token)
+    result: dict[str, Any] = client.json("GET", "/api/v1/config/instance")
+    for name, section in result.items():
+        where = (
+            f"managed in {section['managed_repo']} ({section['managed_file']})"
+            if section["managed_repo"]
+            else ("stored, no longer managed" if section["stored"] else "not applied")
+        )
+        out.print(f"[bold]schedules/{name}.yml[/]: {where}")
+        for key, field in section["fields"].items():
+            out.print(f"  {key:<24} {field['value']!s:<16} [dim]{field['source']}[/]")

@@ -5,15 +5,17 @@ on Git-managed jobs are in ``conveyor.controller.job_edits``; reading a config
 repository and the leader's sync loop in ``conveyor.controller.config_sync``.
 
 Kinds with state in the store register a :class:`KindStore` in :data:`KIND_STORES`
-(folder and job here; pools, roles/grants, retention and backup schedules are added
-the same way by the features that own them).
+(folder and job here; pool, notifier, grant and schedule in
+``conveyor.controller.config_kinds``). A kind's ``check`` runs against the store
+before anything is written (a grant's user exists, the last admin stays…).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -25,6 +27,7 @@ from conveyor.core.config_repo import (
     KINDS,
     Change,
     ConfigError,
+    ConfigIssue,
     Desired,
     load_config,
     plan_changes,
@@ -54,6 +57,19 @@ class ApplyContext:
 
 
 @dataclass(frozen=True)
+class ApplyEnv:
+    """What the checks of some kinds need besides the store: the controller's home (a
+    pool's provider checks its config against it) and the notifiers of the
+    controller's notifications file (name -> file), which a config may not redefine."""
+
+    home: Path | None = None
+    file_notifiers: Mapping[str, str] = field(default_factory=dict)
+
+
+Check = Callable[[AsyncConnection, list[Desired], ApplyEnv], Awaitable[list[ConfigIssue]]]
+
+
+@dataclass(frozen=True)
 class KindStore:
     """How one kind's objects are read from and written to the store."""
 
@@ -61,6 +77,11 @@ class KindStore:
     current: Callable[[AsyncConnection], Awaitable[dict[str, tuple[str, str | None]]]]
     write: Callable[[AsyncConnection, Desired, ApplyContext], Awaitable[None]]
     release: Callable[[AsyncConnection, str], Awaitable[None]]
+    #: Checks against the store, before anything is written (all kinds' issues are
+    #: reported together; any issue: nothing is applied).
+    check: Check | None = None
+    #: For an unchanged object: only (re)claim it (file, commit); None: ``write`` it.
+    claim: Callable[[AsyncConnection, Desired, ApplyContext], Awaitable[None]] | None = None
 
 
 # ------------------------------------------------------------------- folders
@@ -200,6 +221,13 @@ KIND_STORES: dict[str, KindStore] = {
 # --------------------------------------------------------------------- apply
 
 
+def _invalid(exc: ConfigError) -> InvalidInput:
+    return InvalidInput(
+        f"the configuration is invalid ({len(exc.issues)} problem(s)); nothing was applied",
+        errors=[str(i) for i in exc.issues],
+    )
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     changes: list[Change]
@@ -209,9 +237,27 @@ class ApplyResult:
 
 
 class ConfigApplier:
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: Store, clock: Clock, env: ApplyEnv | None = None) -> None:
         self.store = store
         self.clock = clock
+        self.env = env or ApplyEnv()
+
+    async def _check(self, conn: AsyncConnection, desired: list[Desired]) -> None:
+        """The kinds' checks against the store; InvalidInput listing every issue."""
+        issues = await self._store_issues(conn, desired)
+        if issues:
+            raise _invalid(ConfigError(issues))
+
+    async def _store_issues(
+        self, conn: AsyncConnection, desired: list[Desired]
+    ) -> list[ConfigIssue]:
+        issues: list[ConfigIssue] = []
+        for kind_name, kind_store in KIND_STORES.items():
+            if kind_store.check is not None:
+                items = [d for d in desired if d.kind == kind_name]
+                if items:
+                    issues.extend(await kind_store.check(conn, items, self.env))
+        return issues
 
     async def _current(
         self, conn: AsyncConnection, source: str
@@ -237,17 +283,19 @@ class ConfigApplier:
         try:
             desired = load_config(files)
         except ConfigError as exc:
-            raise InvalidInput(
-                f"the configuration is invalid ({len(exc.issues)} problem(s)); nothing was applied",
-                errors=[str(i) for i in exc.issues],
-            ) from None
+            # The store checks of the valid files' objects are reported with the rest.
+            async with self.store.read() as conn:
+                more = await self._store_issues(conn, exc.parsed)
+            raise _invalid(ConfigError([*exc.issues, *more])) from None
         by_key = {(d.kind, d.name): d for d in desired}
         if dry_run:
             async with self.store.read() as conn:
+                await self._check(conn, desired)
                 current, managed = await self._current(conn, source)
             return ApplyResult(plan_changes(desired, current, managed), False, None, commit)
         ctx = ApplyContext(source, commit, author, self.clock())
         async with self.store.write() as conn:
+            await self._check(conn, desired)
             current, managed = await self._current(conn, source)
             changes = plan_changes(desired, current, managed)
             settled = await _managed_files(conn, source)
@@ -264,6 +312,9 @@ class ConfigApplier:
                     and settled.get(change.name) == item.file
                 ):
                     unchanged_jobs.append(change.name)  # only its commit moves: in bulk below
+                elif change.action == "unchanged" and kind_store.claim is not None:
+                    assert item is not None
+                    await kind_store.claim(conn, item, ctx)
                 else:
                     # Unchanged objects are (re)claimed too: the file/commit are current.
                     assert item is not None
@@ -318,3 +369,15 @@ class ConfigApplier:
                 )
             ).all()
         return [dict(r._mapping) for r in rows]
+
+
+def apply_env(settings: Any, notifications: Any) -> ApplyEnv:
+    """The :class:`ApplyEnv` of a controller: its home and the notifiers of its
+    notifications file (``notifications``: a NotificationsConfig or None)."""
+    path = str(getattr(settings, "notifications_file", None) or "")
+    names = list(getattr(notifications, "notifiers", None) or {})
+    return ApplyEnv(getattr(settings, "home", None), {name: path for name in names})
+
+
+# The store handlers of the kinds pool, notifier, grant and schedule register on import.
+from conveyor.controller import config_kinds as _config_kinds  # noqa: E402, F401

@@ -130,13 +130,21 @@ class HistoryRetention:
         policies = policies or JobPolicyCache(store, keep_released(settings))
         return cls(store, blobs, lease, clock, policy, policies, metrics)
 
+    async def effective_policy(self) -> RetentionPolicy:
+        """The settings' policy, with what ``schedules/retention.yml`` stored winning."""
+        from conveyor.controller.config_kinds import retention_policy
+
+        policy: RetentionPolicy = await retention_policy(self.store, self.policy, "build")
+        return policy
+
     async def run_once(self) -> int:
         """One pass (leader only); returns the bytes freed."""
         fence = self.lease.fence
         if fence is None:
             return 0
         per_job = await self.policies.load()
-        if self.policy.keeps_everything and not per_job.history:
+        policy = await self.effective_policy()
+        if policy.keeps_everything and not per_job.history:
             return 0
         now = self.clock()
         deleted = artifact_bytes = log_bytes = 0
@@ -146,7 +154,7 @@ class HistoryRetention:
                 self._after = 0  # wrapped around: the next pass starts over
                 break
             self._after = max(b.id for b in snapshot.builds)
-            for deletion in plan_history(snapshot, now, self.policy, per_job.history).delete:
+            for deletion in plan_history(snapshot, now, policy, per_job.history).delete:
                 try:
                     gone = await delete_build(self.store, deletion.build_id, fence=fence, now=now)
                 except FencedOut:

@@ -39,6 +39,7 @@ from conveyor.core.notifications import (
     NotificationsConfig,
     NotifierConfig,
     NotifyEntry,
+    Rule,
     SlackNotifier,
     WebhookNotifier,
     backoff_delay,
@@ -169,6 +170,38 @@ class Notifier:
         self._config_source = config_source
         self._http: httpx.AsyncClient | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        # Notifiers (and their rules) a config apply stored (docs/config-as-code.md),
+        # read again for every build; the file's notifier wins a name clash.
+        self._stored: dict[str, NotifierConfig] = {}
+        self._stored_rules: list[Rule] = []
+
+    async def load_stored(self) -> None:
+        """Read the notifiers a config apply stored. On a store error the last ones
+        read stay in use (the file's notifiers never depend on the store)."""
+        from pydantic import TypeAdapter
+
+        from conveyor.controller.config_kinds import stored_notifiers
+
+        try:
+            async with self.store.read() as conn:
+                rows = await stored_notifiers(conn)
+        except Exception as exc:
+            log.warning("notifications.stored_unreadable", error=repr(exc))
+            return
+        adapter: TypeAdapter[NotifierConfig] = TypeAdapter(NotifierConfig)
+        file_names = set(self.config.notifiers) if self.config is not None else set()
+        stored: dict[str, NotifierConfig] = {}
+        rules: list[Rule] = []
+        for name, (document, raw_rules) in rows.items():
+            if name in file_names:
+                log.warning("notifications.name_clash", notifier=name, used="file")
+                continue
+            try:
+                stored[name] = adapter.validate_python(document)
+                rules.extend(Rule.model_validate({**r, "notifiers": [name]}) for r in raw_rules)
+            except ValueError as exc:
+                log.warning("notifications.stored_invalid", notifier=name, error=str(exc))
+        self._stored, self._stored_rules = stored, rules
 
     @classmethod
     def from_settings(cls, settings: Settings, store: Store, clock: Clock) -> Notifier:
@@ -201,7 +234,8 @@ class Notifier:
         controller or an earlier call had claimed are left to it)."""
         if pipeline_notify is None:
             pipeline_notify = await self._pipeline_notify(build)
-        rules = self.config.rules if self.config is not None else []
+        await self.load_stored()
+        rules = [*(self.config.rules if self.config is not None else []), *self._stored_rules]
         if not rules and not pipeline_notify:
             return []
         previous = await self.store.list_builds(
@@ -256,6 +290,7 @@ class Notifier:
         ]
         if not steps:
             return []
+        await self.load_stored()
         previous = await self.store.list_builds(
             build.job_name, states=sorted(FINISHED_STATES), before_id=build.id, limit=1
         )
@@ -363,7 +398,8 @@ class Notifier:
             return []
 
     def _notifier(self, name: str) -> NotifierConfig | None:
-        return None if self.config is None else self.config.notifiers.get(name)
+        found = None if self.config is None else self.config.notifiers.get(name)
+        return found if found is not None else self._stored.get(name)
 
     async def _claim_and_deliver(
         self,

@@ -61,13 +61,21 @@ class ArtifactRetention:
         )
         return cls(store, blobs, lease, clock, policy, metrics)
 
+    async def effective_policy(self) -> RetentionPolicy:
+        """The settings' policy, with what ``schedules/retention.yml`` stored winning."""
+        from conveyor.controller.config_kinds import retention_policy
+
+        policy: RetentionPolicy = await retention_policy(self.store, self.policy, "artifact")
+        return policy
+
     async def run_once(self) -> int:
         """One pass; returns the bytes of artifacts freed (0 when not leading)."""
         fence = self.lease.fence
         if fence is None:
             return 0
         per_job = (await self.policies.load()).artifacts if self.policies is not None else {}
-        if self.policy.keeps_everything and not per_job:
+        policy = await self.effective_policy()
+        if policy.keeps_everything and not per_job:
             return 0
         now = self.clock()
         pruned = freed = 0
@@ -77,7 +85,7 @@ class ArtifactRetention:
             if not snapshot.builds:
                 break
             after = max(b.id for b in snapshot.builds)
-            for prune in plan_retention(snapshot, now, self.policy, per_job).prune:
+            for prune in plan_retention(snapshot, now, policy, per_job).prune:
                 keys = await delete_artifacts_of(self.store, prune.build_id, fence=fence, now=now)
                 if not keys:
                     continue  # pinned or changed meanwhile

@@ -58,8 +58,11 @@ class ConfigIssue:
 class ConfigError(ValueError):
     """The configuration is invalid; ``issues`` lists every problem in every file."""
 
-    def __init__(self, issues: list[ConfigIssue]) -> None:
+    def __init__(self, issues: list[ConfigIssue], parsed: list[Desired] | None = None) -> None:
         self.issues = sorted(issues, key=lambda i: (i.file, i.line, i.message))
+        #: The objects of the files that were valid (so that checks needing the store
+        #: can report their problems together with these).
+        self.parsed: list[Desired] = parsed or []
         super().__init__("\n".join(str(i) for i in self.issues))
 
 
@@ -208,7 +211,7 @@ def load_config(files: Mapping[str, str]) -> list[Desired]:
         seen[key] = file
         desired.append(item)
     if issues:
-        raise ConfigError(issues)
+        raise ConfigError(issues, desired)
     return desired
 
 
@@ -252,3 +255,8 @@ def plan_changes(
     for kind, name in sorted(managed_here - declared):
         changes.append(Change(kind, name, "release", None))
     return sorted(changes, key=lambda c: (c.kind != "folder", c.kind, c.name))
+
+
+# The kinds whose state lives in other features' tables (pools, notifiers, grants,
+# instance schedules) register themselves on import.
+from conveyor.core import config_kinds as _config_kinds  # noqa: E402, F401

@@ -156,6 +156,7 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/config/apply"): need(P.CONFIG_MANAGE),
     ("GET", "/api/v1/config/export"): need(P.CONFIG_MANAGE),
     ("GET", "/api/v1/config/applies"): need(P.JOB_READ),
+    ("GET", "/api/v1/config/instance"): need(P.CLUSTER_READ),
     ("GET", "/api/v1/jobs/{name:path}/commits"): need(P.JOB_READ, "name"),
     ("GET", "/api/v1/jobs/{name:path}/scm-heads"): need(P.JOB_READ, "name"),
     ("GET", "/api/v1/jobs/{name:path}/scm-poll"): need(P.JOB_READ, "name"),

@@ -193,3 +193,41 @@ controllers = Table(
     Column("started_at", UTCDateTime, nullable=False),
     Column("heartbeat_at", UTCDateTime, nullable=False),
 )
+
+# Configuration as code, kinds beyond folders and jobs (migration 0015, docs/config-as-code.md).
+
+#: Which config source manages an object of a kind kept in another feature's table
+#: (pool, grant) or in the tables below (notifier, schedule). Jobs and folders keep
+#: their own ``managed_repo`` columns.
+config_managed = Table(
+    "config_managed",
+    metadata,
+    Column("kind", String(20), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("managed_repo", String(2000), nullable=False),
+    Column("managed_file", String(1000), nullable=False),
+    Column("managed_commit", String(64), nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+#: Notifiers (and their rules) stored by a config apply; the notifications file's
+#: notifiers are not stored (they are read at start).
+notifiers = Table(
+    "notifiers",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("document", JSON, nullable=False),  # a NotifierConfig without name and rules
+    Column("rules", JSON, nullable=False),  # [{jobs: [...], on: [...]}]
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+#: Instance-wide settings stored by a config apply ("retention", "backup"): the keys a
+#: document holds win over the controller's settings.
+instance_settings = Table(
+    "instance_settings",
+    metadata,
+    Column("name", String(50), primary_key=True),
+    Column("document", JSON, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
