@@ -7,7 +7,7 @@
   the last poll (a missing credential, an unreachable repository), if it failed.
 
 Revision ID: 0016
-Revises: 0013
+Revises: 0015
 Create Date: 2026-12-04 22:50:00.000000
 """
 
@@ -19,7 +19,7 @@ from alembic import op
 import conveyor.store.types
 
 revision = "0016"
-down_revision = "0013"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
