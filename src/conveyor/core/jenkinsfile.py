@@ -32,7 +32,16 @@ from conveyor.core.groovy import (
     parse_groovy,
 )
 
-__all__ = ["GroovySyntaxError", "Issue", "Translation", "dump_yaml", "translate_jenkinsfile"]
+__all__ = [
+    "GroovySyntaxError",
+    "Issue",
+    "NotTranslated",
+    "Translation",
+    "dump_yaml",
+    "is_jenkinsfile_path",
+    "pipeline_from_jenkinsfile",
+    "translate_jenkinsfile",
+]
 
 _UNIT_SECONDS = {"SECONDS": 1, "MINUTES": 60, "HOURS": 3600, "DAYS": 86400}
 _POST_BLOCKS = {"always": "always", "success": "success", "failure": "failure"}
@@ -716,6 +725,35 @@ def translate_jenkinsfile(text: str, name: str) -> Translation:
     translator = _Translator()
     pipeline = translator.pipeline(parse_groovy(text), name)
     return Translation(pipeline, sorted(set(translator.issues)))
+
+
+class NotTranslated(ValueError):
+    """A Jenkinsfile that does not translate completely; ``errors`` has one
+    ``FILE:LINE: message`` entry per construct."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def is_jenkinsfile_path(path: str) -> bool:
+    """A pipeline file that is not YAML (``Jenkinsfile``, ``ci/build.groovy``...)."""
+    return not path.lower().endswith((".yml", ".yaml"))
+
+
+def pipeline_from_jenkinsfile(text: str, name: str, where: str) -> str:
+    """The Conveyor pipeline (YAML) of a Jenkinsfile read from a repository at build
+    time. Only a complete translation is accepted: a build never runs a pipeline with
+    parts left out, so anything the importer reports raises :class:`NotTranslated`."""
+    try:
+        translation = translate_jenkinsfile(text, name)
+    except GroovySyntaxError as exc:
+        raise NotTranslated([f"{where}:{exc.line}: {exc.message}"]) from None
+    if translation.issues:
+        raise NotTranslated(
+            [f"{where}:{i.line}: not translated: {i.message}" for i in translation.issues]
+        )
+    return yaml.safe_dump(translation.pipeline, sort_keys=False, allow_unicode=True, width=100)
 
 
 class _BlockDumper(yaml.SafeDumper):
