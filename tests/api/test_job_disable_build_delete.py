@@ -167,3 +167,22 @@ async def test_a_failed_or_cancelled_build_is_deleted_too(
     assert (await client.get(f"/api/v1/builds/{build['id']}")).json()["state"] == state
     assert (await client.delete(f"/api/v1/builds/{build['id']}")).status_code == 200
     assert (await client.get("/api/v1/jobs/team/app/builds")).json()["items"] == []
+
+
+async def test_a_config_apply_neither_sets_nor_clears_disabled(
+    client: httpx.AsyncClient,
+) -> None:
+    source = "https://git.example.org/ops/config.git"
+    files = {"jobs/team/app.yml": SPEC}
+    r = await client.post("/api/v1/config/apply", json={"files": files, "source": source})
+    assert r.status_code == 200, r.text
+    assert (await client.post("/api/v1/jobs/team/app/disable")).json()["disabled"] is True
+    files = {"jobs/team/app.yml": SPEC.replace("echo: hi", "echo: changed")}
+    r = await client.post("/api/v1/config/apply", json={"files": files, "source": source})
+    assert [c["action"] for c in r.json()["changes"]] == ["update"]
+    job = (await client.get("/api/v1/jobs/team/app")).json()
+    assert job["version"] == 2 and job["disabled"] is True
+    # Disabling a job managed in a config repository is not an edit of its spec.
+    assert (await client.post("/api/v1/jobs/team/app/enable")).json()["disabled"] is False
+    exported = (await client.get("/api/v1/config/export")).json()["files"]
+    assert "disabled" not in exported["jobs/team/app.yml"]
