@@ -164,6 +164,20 @@ def test_enable_disable_and_delete_build_with_python_jenkins(
         assert audit[0]["target"] == f"team/hello #{number}"
     assert server.get_job_info("team/hello")["lastBuild"]["number"] == first["number"]
 
+    # The same through the CLI: a message and a non-zero exit, never a traceback.
+    done = ctl.cli("job", "disable", "team/hello")
+    assert done.returncode == 0 and "team/hello is disabled" in done.stdout
+    assert "disabled" in ctl.cli("job", "list").stdout
+    refused_cli = ctl.cli("build", "start", "team/hello")
+    assert refused_cli.returncode != 0 and "is disabled" in refused_cli.stderr
+    assert "Traceback" not in refused_cli.stderr
+    assert ctl.cli("job", "enable", "team/hello").returncode == 0
+    deleted = ctl.cli("build", "delete", str(first["queueId"]), "--yes")
+    assert deleted.returncode == 0, deleted.stderr
+    assert f"deleted build team/hello #{first['number']}" in deleted.stdout
+    again = ctl.cli("build", "delete", str(first["queueId"]), "--yes")
+    assert again.returncode != 0 and "not found" in again.stderr
+
 
 def test_pipeline_from_scm_job_builds_the_repository_jenkinsfile(
     controller: tuple[Controller, str], tmp_path: Path
