@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from functools import lru_cache
 from typing import Any
 
 import yaml
@@ -156,8 +157,10 @@ def config_disabled(xml: str) -> bool:
     return _text(root.find("disabled")) == "true"
 
 
+@lru_cache(maxsize=8192)
 def is_scm_flow(spec: str) -> bool:
-    """Whether a stored spec is a job reading its pipeline from its repository."""
+    """Whether a stored spec is a job reading its pipeline from its repository (cached:
+    ``/api/json`` asks for every job, and specs change rarely)."""
     try:
         data = yaml.safe_load(spec)
     except yaml.YAMLError:

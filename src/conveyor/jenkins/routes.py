@@ -214,11 +214,9 @@ def _parameter_definitions(pipeline: Pipeline | None) -> list[dict[str, Any]]:
 
 def _job_class(job: JobRecord) -> str:
     # A job reading its pipeline from the repository is a Jenkins pipeline job.
-    return (
-        "org.jenkinsci.plugins.workflow.job.WorkflowJob"
-        if is_scm_flow(job.spec)
-        else ("hudson.model.FreeStyleProject")
-    )
+    if is_scm_flow(job.spec):
+        return "org.jenkinsci.plugins.workflow.job.WorkflowJob"
+    return "hudson.model.FreeStyleProject"
 
 
 async def job_json(runtime: Runtime, base: str, job: JobRecord, depth: int = 1) -> dict[str, Any]:
