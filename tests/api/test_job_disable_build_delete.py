@@ -116,6 +116,9 @@ async def test_delete_build_removes_rows_and_blobs(
     assert all(k is not None for k in keys)
     assert [await runtime.blobs.exists(str(k)) for k in keys] == [True, True]
 
+    page = await client.get(f"/ui/builds/{build_id}")
+    assert f'data-delete="/api/v1/builds/{build_id}"' in page.text  # admin: offered
+
     # Queued (not finished): kept.
     queued = (await client.post("/api/v1/jobs/team/app/builds", json={})).json()["id"]
     assert_problem(await client.delete(f"/api/v1/builds/{queued}"), 409, "queued")
@@ -130,6 +133,15 @@ async def test_delete_build_removes_rows_and_blobs(
     ) as as_dev:
         r = await as_dev.delete(f"/api/v1/builds/{build_id}", params={"force": "true"})
         assert_problem(r, 409, "pinned", "only an admin")
+    viewer = await user_token(runtime.store, "vic", Role.VIEWER)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://conveyor.test",
+        headers={"Authorization": f"Bearer {viewer}"},
+    ) as as_viewer:
+        page = await as_viewer.get(f"/ui/builds/{build_id}")
+        assert page.status_code == 200 and "data-delete" not in page.text
+        assert (await as_viewer.delete(f"/api/v1/builds/{build_id}")).status_code == 403
     assert_problem(await client.delete(f"/api/v1/builds/{build_id}"), 409, "force=true")
     assert await runtime.store.get_build(build_id)  # nothing was deleted
 
