@@ -198,3 +198,30 @@ async def test_a_config_apply_neither_sets_nor_clears_disabled(
     assert (await client.post("/api/v1/jobs/team/app/enable")).json()["disabled"] is False
     exported = (await client.get("/api/v1/config/export")).json()["files"]
     assert "disabled" not in exported["jobs/team/app.yml"]
+
+
+async def test_a_released_build_is_kept_unless_an_admin_forces_it(
+    client: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    from conveyor.store.publications import list_publications, record_publication
+
+    await _job(client)
+    agent = await register(client, "a1")
+    build_id = await _finished_build(client, runtime, agent)
+    await record_publication(
+        runtime.store,
+        build_id,
+        step_key="0.1",
+        repository="http",
+        file="out.txt",
+        url="https://repo.example.org/app/out.txt",
+        size=3,
+        sha256="0" * 64,
+        coordinates=None,
+        now=runtime.clock(),
+    )
+    assert_problem(await client.delete(f"/api/v1/builds/{build_id}"), 409, "released")
+    assert len(await list_publications(runtime.store, build_id)) == 1
+    r = await client.delete(f"/api/v1/builds/{build_id}", params={"force": "true"})
+    assert r.status_code == 200, r.text
+    assert_problem(await client.get(f"/api/v1/builds/{build_id}/publications"), 404, "not found")
