@@ -178,3 +178,189 @@ def test_cli_writes_the_pipeline_to_stdout_and_the_report_to_stderr(tmp_path: Pa
     broken = _cli("Broken", cwd=folder)
     assert broken.returncode != 0 and "Broken:3: missing '}'" in broken.stderr
     assert "Traceback" not in broken.stderr and broken.stdout == ""
+
+
+def _pipeline(text: str) -> tuple[dict, list[tuple[int, str]]]:
+    translation = translate_jenkinsfile(text, "job")
+    parse_pipeline(dump_yaml(translation))  # always a valid pipeline
+    return translation.pipeline, [(i.line, i.message) for i in translation.issues]
+
+
+def test_stage_agents_that_agree_become_the_builds_agent() -> None:
+    spec, issues = _pipeline(
+        """\
+pipeline {
+  agent none
+  stages {
+    stage('build') {
+      agent { label 'linux && docker' }
+      steps { sh 'make' }
+    }
+    stage('test') {
+      agent any
+      steps { sh 'make test' }
+    }
+    stage('both') {
+      parallel {
+        stage('a') { agent { label 'linux && docker' }
+                     steps { sh 'a' } }
+        stage('b') { agent none
+                     steps { sh 'b' } }
+      }
+    }
+  }
+}
+"""
+    )
+    assert issues == []
+    assert spec["agent"] == "linux && docker"
+    assert spec["stages"][0] == {"name": "build", "steps": [{"sh": "make"}]}
+
+
+def test_stage_agents_that_differ_are_reported_with_their_lines() -> None:
+    spec, issues = _pipeline(
+        """\
+pipeline {
+  agent { label 'linux' }
+  stages {
+    stage('build') {
+      agent { label 'linux' }
+      steps { sh 'make' }
+    }
+    stage('win') {
+      agent { label 'windows' }
+      steps { sh 'build.bat' }
+    }
+    stage('box') {
+      agent { docker 'node:20' }
+      steps { sh 'npm test' }
+    }
+  }
+}
+"""
+    )
+    assert spec["agent"] == "linux"
+    assert [line for line, _ in issues] == [9, 13]
+    assert "'windows'" in issues[0][1] and "the build's agent (linux)" in issues[0][1]
+    assert "stage 'box'" in issues[1][1] and "agent" in issues[1][1]
+
+
+def test_stage_post_moves_to_the_pipeline_post_and_says_when_it_is_not_exact() -> None:
+    spec, issues = _pipeline(
+        """\
+pipeline {
+  agent any
+  stages {
+    stage('build') {
+      steps { sh 'make' }
+      post {
+        always { archiveArtifacts artifacts: 'build.log' }
+      }
+    }
+    stage('test') {
+      steps { sh 'make test' }
+      post {
+        success { echo 'tests passed' }
+        failure { echo 'tests failed' }
+        unstable { echo 'flaky' }
+      }
+    }
+  }
+  post {
+    always { echo 'done' }
+    success { echo 'all good' }
+  }
+}
+"""
+    )
+    assert "post" not in spec["stages"][0] and "post" not in spec["stages"][1]
+    assert spec["post"] == {
+        "always": [{"archive": ["build.log"]}, {"echo": "done"}],
+        "success": [{"echo": "tests passed"}, {"echo": "all good"}],
+        "failure": [{"echo": "tests failed"}],
+    }
+    # success of the last stage is exact; the others are moved and reported.
+    assert [line for line, _ in issues] == [6, 12, 15]
+    assert "stage 'build': post always" in issues[0][1] and "whole pipeline" in issues[0][1]
+    assert "stage 'test': post failure" in issues[1][1]
+    assert "`unstable`" in issues[2][1]
+
+
+def test_the_only_stages_post_is_exact() -> None:
+    spec, issues = _pipeline(
+        "pipeline {\n agent any\n stages {\n  stage('s') {\n   steps { sh 'x' }\n"
+        "   post {\n    always { echo 'bye' }\n    failure { echo 'no' }\n   }\n  }\n }\n}\n"
+    )
+    assert issues == []
+    assert spec["post"] == {"always": [{"echo": "bye"}], "failure": [{"echo": "no"}]}
+
+
+def test_nested_sequential_stages_become_stages_inheriting_the_outer_one() -> None:
+    spec, issues = _pipeline(
+        """\
+pipeline {
+  agent any
+  parameters { booleanParam(name: 'DEPLOY', defaultValue: false) }
+  stages {
+    stage('Prepare') { steps { sh 'prep' } }
+    stage('Release') {
+      when { expression { params.DEPLOY } }
+      environment { STAGE = 'release' }
+      options { timeout(time: 5, unit: 'MINUTES') }
+      stages {
+        stage('Package') {
+          environment { FORMAT = 'tar' }
+          steps { sh 'make package' }
+        }
+        stage('Publish') {
+          when { expression { params.DEPLOY == true } }
+          steps { sh 'make publish' }
+        }
+      }
+      post { success { echo 'released' } }
+    }
+    stage('Checks') {
+      parallel {
+        stage('lint') {
+          stages {
+            stage('style') { steps { sh 'make style' } }
+            stage('types') { agent any
+                             steps { sh 'make types' } }
+          }
+        }
+        stage('unit') {
+          stages {
+            stage('u') {
+              environment { X = '1' }
+              steps { sh 'make unit' }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+"""
+    )
+    names = [s["name"] for s in spec["stages"]]
+    assert names == ["Prepare", "Release » Package", "Release » Publish", "Checks"]
+    package, publish = spec["stages"][1:3]
+    deploy = {"parameter": "DEPLOY", "equals": "true"}
+    assert package == {
+        "name": "Release » Package",
+        "when": deploy,
+        "timeout": "5m",
+        "environment": {"STAGE": "release", "FORMAT": "tar"},
+        "steps": [{"sh": "make package"}],
+    }
+    assert publish["when"] == {"all": [deploy, deploy]}
+    assert publish["environment"] == {"STAGE": "release"}
+    lint, unit = spec["stages"][3]["parallel"]
+    assert lint == {"name": "lint", "steps": [{"sh": "make style"}, {"sh": "make types"}]}
+    assert unit["steps"] == [{"sh": "make unit"}]
+    # The group's post success follows its last stage, which is not the pipeline's last.
+    assert spec["post"] == {"success": [{"echo": "released"}]}
+    assert [line for line, _ in issues] == [6, 20, 34]
+    assert "timeout` around nested stages" in issues[0][1]
+    assert "post success" in issues[1][1]
+    assert "`environment` of a stage nested in a parallel branch" in issues[2][1]

@@ -236,9 +236,12 @@ def test_python_jenkins_manages_jobs_with_config_xml(controller: tuple[Controlle
     assert "make dist" in server.get_job_config("team/demo")
     # Unsupported elements: 400 naming them, and the job is unchanged.
     with pytest.raises(requests.HTTPError) as refused:  # python-jenkins lets a 400 through
-        server.reconfig_job("team/demo", xml.replace("<disabled>false", "<disabled>true"))
+        server.reconfig_job(
+            "team/demo", xml.replace("<keepDependencies>false", "<keepDependencies>true")
+        )
     assert refused.value.response.status_code == 400
-    assert "<disabled>true</disabled> is not supported" in refused.value.response.json()["detail"]
+    detail = refused.value.response.json()["detail"]
+    assert "<keepDependencies>true</keepDependencies> is not supported" in detail
     assert "make dist" in server.get_job_config("team/demo")
     with httpx.Client(base_url=ctl.url, auth=(user, ctl.token), timeout=30) as c:
         r = c.post(

@@ -124,6 +124,9 @@ ROUTE_FAMILIES: dict[tuple[str, str], list[Call]] = {
     ("POST", "/job/{path:path}"): [
         Call("build.trigger:own", "/job/team-a/job/app/build"),
         Call("build.cancel:other", "/job/team-b/job/app/1/stop"),
+        Call("job.write:own", "/job/team-a/job/ghost/disable"),
+        Call("job.write:other", "/job/team-b/job/ghost/enable"),
+        Call("job.write:other", "/job/team-b/job/app/999/doDelete"),
     ],
     ("POST", "/createItem"): [Call("job.write:other", "/createItem?name=app")],
     ("GET", "/api/v1/tokens"): [Call("self", "/api/v1/tokens")],
@@ -140,6 +143,14 @@ ROUTE_FAMILIES: dict[tuple[str, str], list[Call]] = {
         "job.write", "/api/v1/jobs/JOB", {"spec": "name: [broken"}
     ),
     ("DELETE", "/api/v1/jobs/{name:path}"): own_other("job.write", "/api/v1/jobs/JOB-ghost"),
+    ("POST", "/api/v1/jobs/{name:path}/disable"): own_other(
+        "job.write", "/api/v1/jobs/JOB-ghost/disable"
+    ),
+    ("POST", "/api/v1/jobs/{name:path}/enable"): own_other(
+        "job.write", "/api/v1/jobs/JOB-ghost/enable"
+    ),
+    # A finished build: the first admitted caller deletes it, later ones get 404.
+    ("DELETE", "/api/v1/builds/{build_id}"): own_other("job.write", "/api/v1/builds/DONE"),
     ("GET", "/api/v1/jobs/{name:path}/versions"): own_other(
         "job.read", "/api/v1/jobs/JOB/versions"
     ),

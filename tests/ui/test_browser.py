@@ -240,6 +240,35 @@ def test_drain_and_resume_an_agent(page: Page, conveyor: Controller) -> None:
     assert all(h.get("x-csrf-token") == csrf for h in posts), posts
 
 
+def test_disable_and_enable_a_job_and_delete_a_build(page: Page, conveyor: Controller) -> None:
+    spec = "name: ui/toggle\nstages:\n  - name: s\n    steps:\n      - echo: hi\n"
+    with conveyor.client() as c:
+        assert c.post("/api/v1/jobs", json={"spec": spec}).status_code == 201
+        build_id = c.post("/api/v1/jobs/ui/toggle/builds", json={}).json()["id"]
+        wait_until(
+            lambda: c.get(f"/api/v1/builds/{build_id}").json()["state"] == "succeeded",
+            90,
+            what="the ui/toggle build to finish",
+        )
+    page.goto("/ui/jobs/ui/toggle")
+    state = page.locator("#job-state .state")
+    expect(state).to_have_text("enabled")
+    page.get_by_role("button", name="Disable job").click()
+    expect(state).to_have_text("disabled", timeout=30_000)
+    page.get_by_role("button", name="Start build").click()
+    expect(page.locator(".form-error")).to_contain_text("'ui/toggle' is disabled")
+    page.get_by_role("button", name="Enable job").click()
+    expect(state).to_have_text("enabled", timeout=30_000)
+
+    page.goto(f"/ui/builds/{build_id}")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete build").click()
+    page.wait_for_url(re.compile(r"/ui/jobs/ui/toggle$"))
+    with conveyor.client() as c:
+        assert c.get(f"/api/v1/builds/{build_id}").status_code == 404
+        assert c.delete("/api/v1/jobs/ui/toggle").status_code == 204
+
+
 def test_sign_in_lands_on_the_page_asked_for_and_sign_out_ends_the_session(
     browser: Browser, conveyor: Controller
 ) -> None:

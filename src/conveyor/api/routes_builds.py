@@ -13,17 +13,20 @@ from conveyor.api.deps import CallerDep, RuntimeDep
 from conveyor.api.logs import follow_log, read_log
 from conveyor.api.schemas import (
     ArtifactOut,
+    BuildDeletedOut,
     BuildOut,
     BuildPage,
     CommitOut,
     QueueItemOut,
     TriggerIn,
 )
+from conveyor.controller.job_admin import delete_build as remove_build
 from conveyor.core.dispatch import explain_waits
 from conveyor.core.permissions import Permission
 from conveyor.core.states import BuildState
 from conveyor.errors import InvalidInput
 from conveyor.runtime import Runtime
+from conveyor.security.audit import audit_request
 from conveyor.store.records import BuildRecord
 from conveyor.store.scm import build_commits_of, get_build_commit
 
@@ -112,6 +115,30 @@ async def get_build(build_id: int, runtime: RuntimeDep, _: CallerDep) -> BuildOu
 @router.post("/builds/{build_id}/cancel", status_code=202)
 async def cancel_build(build_id: int, runtime: RuntimeDep, caller: CallerDep) -> BuildOut:
     return BuildOut.of(await runtime.builds.cancel(build_id, caller.name))
+
+
+@router.delete("/builds/{build_id}")
+async def delete_build(
+    build_id: int, request: Request, runtime: RuntimeDep, caller: CallerDep, force: bool = False
+) -> BuildDeletedOut:
+    """Delete a finished build with its steps, log and artifacts (409 while it is queued
+    or running; a pinned or released build only by an admin with ``force=true``)."""
+    build = await runtime.store.get_build(build_id)
+    may_force = caller.can(Permission.CONFIG_MANAGE, build.job_name)
+    deleted = await remove_build(runtime.store, runtime.blobs, build, may_force, force)
+    await audit_request(
+        request,
+        runtime,
+        "build.delete",
+        200,
+        target=f"{deleted.job} #{deleted.number}",
+        build_id=deleted.build_id,
+        blobs=deleted.blobs,
+        forced=force,
+    )
+    return BuildDeletedOut(
+        id=deleted.build_id, job=deleted.job, number=deleted.number, blobs_deleted=deleted.blobs
+    )
 
 
 @router.get("/builds/{build_id}/log")

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Response
 
 from conveyor.api.deps import CallerDep, RuntimeDep
 from conveyor.api.schemas import JobIn, JobOut, JobVersionOut
+from conveyor.controller.job_admin import set_job_disabled
 from conveyor.controller.job_edits import guard_managed_edit
 from conveyor.core.permissions import Permission
 from conveyor.core.pipeline import Pipeline, parse_pipeline
@@ -117,6 +118,18 @@ async def put_job(
             job = await runtime.store.update_job(fields, None, caller.name, now)
     response.headers["ETag"] = _etag(job.version)
     return JobOut.of(job)
+
+
+@router.post("/{name:path}/disable")
+async def disable_job(name: str, runtime: RuntimeDep, _: CallerDep) -> JobOut:
+    """Stop the job from starting builds (idempotent; the spec is unchanged)."""
+    return JobOut.of(await set_job_disabled(runtime.store, runtime.clock, name, True))
+
+
+@router.post("/{name:path}/enable")
+async def enable_job(name: str, runtime: RuntimeDep, _: CallerDep) -> JobOut:
+    """Let the job start builds again (idempotent)."""
+    return JobOut.of(await set_job_disabled(runtime.store, runtime.clock, name, False))
 
 
 @router.get("/{name:path}")

@@ -35,6 +35,8 @@ class JobOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     spec: str
+    # Operational state, not part of the spec: a disabled job starts no builds.
+    disabled: bool = False
 
     @classmethod
     def of(cls, job: JobRecord) -> JobOut:
@@ -48,7 +50,15 @@ class JobOut(BaseModel):
             created_at=job.created_at,
             updated_at=job.updated_at,
             spec=job.spec,
+            disabled=job.disabled,
         )
+
+
+class BuildDeletedOut(BaseModel):
+    id: int
+    job: str
+    number: int
+    blobs_deleted: int
 
 
 class JobVersionOut(BaseModel):

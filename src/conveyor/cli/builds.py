@@ -155,6 +155,25 @@ def cancel(build_id: int, url: UrlOpt = None, token: TokenOpt = None) -> None:
     out.print(f"build {build_id}: {verb}")
 
 
+@app.command("delete")
+def delete(
+    build_id: int,
+    force: Annotated[
+        bool, typer.Option(help="admin only: also a pinned or released build")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Delete a finished build with its log and artifacts."""
+    if not yes:
+        typer.confirm(f"Delete build {build_id} with its log and artifacts?", abort=True)
+    client = ApiClient.from_options(url, token)
+    params = {"force": "true"} if force else None
+    b = client.json("DELETE", f"/api/v1/builds/{build_id}", params=params)
+    out.print(f"deleted build {b['job']} #{b['number']} ({b['blobs_deleted']} blob(s))")
+
+
 def _register_artifacts() -> None:
     from conveyor.cli import artifacts
 

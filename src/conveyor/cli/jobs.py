@@ -1,4 +1,4 @@
-"""`conveyor job ...`: apply, list, show, delete."""
+"""`conveyor job ...`: apply, list, show, delete, disable, enable, rollback."""
 
 from __future__ import annotations
 
@@ -65,10 +65,14 @@ def list_jobs(url: UrlOpt = None, token: TokenOpt = None) -> None:
     """List jobs."""
     client = ApiClient.from_options(url, token)
     jobs = client.json("GET", "/api/v1/jobs")
-    table = Table("name", "version", "agent", "description")
+    table = Table("name", "version", "agent", "state", "description")
     for job in jobs:
         table.add_row(
-            job["name"], str(job["version"]), job["agent"] or "any", job["description"] or ""
+            job["name"],
+            str(job["version"]),
+            job["agent"] or "any",
+            "disabled" if job.get("disabled") else "enabled",
+            job["description"] or "",
         )
     out.print(table)
 
@@ -79,7 +83,10 @@ def show(name: str, url: UrlOpt = None, token: TokenOpt = None) -> None:
     client = ApiClient.from_options(url, token)
     job = client.json("GET", f"/api/v1/jobs/{name}")
     versions = client.json("GET", f"/api/v1/jobs/{name}/versions")
-    out.print(f"[bold]{job['name']}[/] version {job['version']}, updated {job['updated_at']}")
+    state = " [yellow](disabled)[/]" if job.get("disabled") else ""
+    out.print(
+        f"[bold]{job['name']}[/]{state} version {job['version']}, updated {job['updated_at']}"
+    )
     out.print(job["spec"], highlight=False, markup=False)
     out.print(f"{len(versions)} version(s): " + ", ".join(str(v["version"]) for v in versions))
 
@@ -97,6 +104,22 @@ def delete(
     client = ApiClient.from_options(url, token)
     client.request("DELETE", f"/api/v1/jobs/{name}")
     out.print(f"deleted job [bold]{name}[/]")
+
+
+@app.command("disable")
+def disable(name: str, url: UrlOpt = None, token: TokenOpt = None) -> None:
+    """Disable a job: it starts no builds (API, cron, polling, upstream, webhooks)."""
+    client = ApiClient.from_options(url, token)
+    client.json("POST", f"/api/v1/jobs/{name}/disable")
+    out.print(f"job [bold]{name}[/] is disabled")
+
+
+@app.command("enable")
+def enable(name: str, url: UrlOpt = None, token: TokenOpt = None) -> None:
+    """Enable a disabled job again."""
+    client = ApiClient.from_options(url, token)
+    client.json("POST", f"/api/v1/jobs/{name}/enable")
+    out.print(f"job [bold]{name}[/] is enabled")
 
 
 @app.command("rollback")

@@ -23,7 +23,7 @@ from conveyor.core.pipeline import ParameterError, parse_pipeline, plan_build
 from conveyor.core.plan import BuildPlan
 from conveyor.core.states import BuildState
 from conveyor.credentials.service import check_bindings
-from conveyor.errors import InvalidInput
+from conveyor.errors import Conflict, InvalidInput
 from conveyor.metrics import Metrics
 from conveyor.store import Store
 from conveyor.store.records import BuildRecord
@@ -83,6 +83,8 @@ class BuildService:
         priority: int | None = None,
     ) -> BuildRecord:
         job = await self.store.get_job(job_name)
+        if job.disabled:
+            raise Conflict(f"job {job.name!r} is disabled: enable it to start builds")
         pipeline = parse_pipeline(job.spec, f"{job.name}.yml")
         if pipeline.scm is not None and self.scm is not None:
             return await self.scm.trigger(job, pipeline, parameters, trigger, priority)

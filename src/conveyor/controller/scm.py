@@ -23,6 +23,7 @@ import structlog
 from conveyor import git
 from conveyor.controller.clock import Clock
 from conveyor.controller.wakeups import DISPATCH, Wakeups
+from conveyor.core.jenkinsfile import NotTranslated, is_jenkinsfile_path, pipeline_from_jenkinsfile
 from conveyor.core.pipeline import ParameterError, Pipeline, SpecError, parse_pipeline, plan_build
 from conveyor.core.plan import CheckoutPlan
 from conveyor.core.scm import ScmSpec
@@ -172,6 +173,16 @@ class ScmBuilds:
                 text = await git.read_file(mirror, sha, spec.path)
             except git.GitError as exc:
                 raise RepositoryUnavailable(str(exc)) from None
+            if is_jenkinsfile_path(spec.path):
+                # A Jenkinsfile (a job moved from Jenkins): translated by the importer;
+                # one it cannot translate completely is refused with its report.
+                try:
+                    text = pipeline_from_jenkinsfile(text, job.name, f"{spec.path}@{sha[:12]}")
+                except NotTranslated as exc:
+                    raise InvalidInput(
+                        f"the Jenkinsfile in {spec.git} at {sha[:12]} does not translate",
+                        errors=exc.errors,
+                    ) from None
             try:
                 source = parse_pipeline(text, f"{spec.path}@{sha[:12]}")
             except SpecError as exc:

@@ -166,6 +166,8 @@ class TriggerLoop:
     ) -> int:
         if job.meta is not None and job.meta.archived:
             return 0
+        if job.record.disabled:
+            return 0  # a disabled job starts nothing (its branch jobs neither)
         started = 0
         triggers = job.pipeline.triggers
         if triggers is not None and triggers.cron is not None:
@@ -267,6 +269,8 @@ class TriggerLoop:
         """Start one build of ``sha`` unless it was seen; the first sighting of a branch
         only records it when ``baseline`` (a job's existing commit is not news)."""
         name = job.record.name
+        if job.record.disabled:
+            return 0  # a disabled branch job: its head is read again once enabled
         heads = await get_heads(self.store, name)
         if heads.get(branch) == sha:
             return 0

@@ -180,6 +180,9 @@ class WebhookService:
                 continue
             if meta is not None and meta.parent is not None:
                 continue  # branch jobs are reached through their multibranch parent
+            if record.disabled:
+                reasons.append(f"{record.name}: job is disabled")
+                continue
             if pipeline.triggers is not None and not pipeline.triggers.webhook:
                 reasons.append(f"{record.name}: webhooks are off for this job")
                 continue
@@ -237,6 +240,9 @@ class WebhookService:
                 reasons.append(f"{record.name}: its sub-job's name is taken by another job")
                 continue
             if event.sha is None or branch is None:
+                continue
+            if target.disabled:  # a branch job disabled on its own
+                reasons.append(f"{target.name}: job is disabled")
                 continue
             sha = event.sha
             label = f"{event.kind} webhook {branch}@{sha[:12]}"

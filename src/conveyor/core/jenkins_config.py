@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from functools import lru_cache
 from typing import Any
 
 import yaml
 
 BUILD_STAGE = "build"
+SCM_FLOW = "org.jenkinsci.plugins.workflow.cps.CpsScmFlowDefinition"
 _PARAM_TYPES = {
     "hudson.model.StringParameterDefinition": "string",
     "hudson.model.TextParameterDefinition": "string",
@@ -34,7 +36,7 @@ _POLL_MINUTES = re.compile(r"(\d+)m")
 _NEUTRAL = {
     "keepDependencies": {"false"},
     "canRoam": {"true", "false"},  # implied by assignedNode
-    "disabled": {"false"},
+    "disabled": {"false", "true"},  # honoured apart: see config_disabled()
     "blockBuildWhenDownstreamBuilding": {"false"},
     "blockBuildWhenUpstreamBuilding": {"false"},
     "actions": {""},
@@ -145,6 +147,52 @@ def config_to_pipeline(xml: str, name: str) -> dict[str, Any]:
     return out
 
 
+def config_disabled(xml: str) -> bool:
+    """Whether the config.xml says ``<disabled>true</disabled>``. Conveyor keeps that
+    apart from the pipeline (an operational state of the job, not part of its spec)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise UnsupportedConfig([f"not well-formed XML: {exc}"]) from None
+    return _text(root.find("disabled")) == "true"
+
+
+@lru_cache(maxsize=8192)
+def is_scm_flow(spec: str) -> bool:
+    """Whether a stored spec is a job reading its pipeline from its repository (cached:
+    ``/api/json`` asks for every job, and specs change rarely)."""
+    try:
+        data = yaml.safe_load(spec)
+    except yaml.YAMLError:
+        return False
+    return isinstance(data, dict) and bool(data.get("scm")) and not data.get("stages")
+
+
+def _scm_flow_definition(definition: ET.Element, problems: list[str]) -> dict[str, Any] | None:
+    """``CpsScmFlowDefinition``: the Jenkinsfile lives in a git repository. The job
+    becomes a Conveyor job reading its pipeline from the repository (``scm.path``)."""
+    scm: dict[str, Any] | None = None
+    path = "Jenkinsfile"
+    for child in definition:
+        if child.tag == "scm":
+            scm = _scm(child, problems)
+            if scm is None and child.get("class") == "hudson.scm.NullSCM":
+                problems.append("a pipeline from SCM needs a git <scm>, got hudson.scm.NullSCM")
+        elif child.tag == "scriptPath":
+            path = _text(child) or path
+        elif child.tag == "lightweight":
+            if _text(child) not in ("true", "false"):
+                problems.append(f"<lightweight>{_text(child)}</lightweight>")
+        else:
+            problems.append(f"pipeline definition <{child.tag}> is not supported")
+    if scm is None:
+        if not problems:
+            problems.append("a pipeline from SCM needs an <scm> block")
+        return None
+    scm["path"] = path
+    return scm
+
+
 def _flow_definition(root: ET.Element, name: str) -> dict[str, Any]:
     """A pipeline job whose Jenkinsfile is inline (``CpsFlowDefinition``): its script
     goes through the Jenkinsfile importer, and is accepted only when all of it
@@ -153,6 +201,7 @@ def _flow_definition(root: ET.Element, name: str) -> dict[str, Any]:
 
     problems: list[str] = []
     script: str | None = None
+    scm: dict[str, Any] | None = None
     description = ""
     declared: list[str] = []
     for el in root:
@@ -164,11 +213,13 @@ def _flow_definition(root: ET.Element, name: str) -> dict[str, Any]:
         elif el.tag == "properties":
             # Jenkins copies the Jenkinsfile's parameters here; the Jenkinsfile is the source.
             declared = [p["name"] for p in _parameters(el, problems)]
+        elif el.tag == "definition" and el.get("class") == SCM_FLOW:
+            scm = _scm_flow_definition(el, problems)
         elif el.tag == "definition":
             if el.get("class") != "org.jenkinsci.plugins.workflow.cps.CpsFlowDefinition":
                 problems.append(
                     f"pipeline definition {el.get('class')!r} is not supported (only an inline "
-                    "script; a Jenkinsfile in SCM: `conveyor import jenkinsfile` it, add `scm:`)"
+                    "script or a Jenkinsfile from git SCM)"
                 )
                 continue
             script = _raw(el.find("script"))
@@ -177,6 +228,14 @@ def _flow_definition(root: ET.Element, name: str) -> dict[str, Any]:
                     problems.append(f"pipeline definition <{child.tag}> is not supported")
         else:
             problems.append(f"<{el.tag}> is not supported")
+    if scm is not None and not problems:
+        # The Jenkinsfile in the repository is the source (Jenkins, too, copies its
+        # parameters into <properties> at each build): it is read at build time.
+        out: dict[str, Any] = {"name": name}
+        if description:
+            out["description"] = description
+        out["scm"] = scm
+        return out
     if script is None and not problems:
         problems.append("the pipeline job has no inline <script>")
     if problems or script is None:
@@ -315,12 +374,15 @@ class NotFreestyle(ValueError):
     """The pipeline has more than a freestyle project can say."""
 
 
-def pipeline_to_config(spec: str) -> str:
-    """The freestyle config.xml of a pipeline shaped like one (see the module doc);
+def pipeline_to_config(spec: str, disabled: bool = False) -> str:
+    """The freestyle config.xml of a pipeline shaped like one (see the module doc), or
+    the pipeline-from-SCM config.xml of a job reading its pipeline from its repository;
     raise :class:`NotFreestyle` naming what does not fit."""
     data = yaml.safe_load(spec)
     if not isinstance(data, dict):
         raise NotFreestyle("the pipeline is not a mapping")
+    if data.get("scm") and not data.get("stages"):
+        return _scm_flow_config(data, disabled)
     extra = sorted(
         set(data)
         - {"name", "description", "agent", "concurrency", "parameters", "scm", "triggers"}
@@ -366,7 +428,7 @@ def pipeline_to_config(spec: str) -> str:
     if data.get("agent"):
         ET.SubElement(project, "assignedNode").text = str(data["agent"])
     ET.SubElement(project, "canRoam").text = "false" if data.get("agent") else "true"
-    ET.SubElement(project, "disabled").text = "false"
+    ET.SubElement(project, "disabled").text = str(disabled).lower()
     ET.SubElement(project, "blockBuildWhenDownstreamBuilding").text = "false"
     ET.SubElement(project, "blockBuildWhenUpstreamBuilding").text = "false"
     trigger_el = ET.SubElement(project, "triggers")
@@ -402,6 +464,27 @@ def pipeline_to_config(spec: str) -> str:
     ET.indent(project, "  ")
     body = ET.tostring(project, encoding="unicode")
     return "<?xml version='1.1' encoding='UTF-8'?>\n" + body + "\n"
+
+
+def _scm_flow_config(data: dict[str, Any], disabled: bool) -> str:
+    scm = data["scm"]
+    extra = sorted(set(data) - {"name", "description", "scm"})
+    extra += sorted(f"scm.{k}" for k in set(scm) - {"git", "branch", "credential", "path"})
+    if extra:
+        raise NotFreestyle("not expressible as a pipeline-from-SCM config.xml: " + ", ".join(extra))
+    flow = ET.Element("flow-definition")
+    ET.SubElement(flow, "actions")
+    ET.SubElement(flow, "description").text = data.get("description") or ""
+    ET.SubElement(flow, "keepDependencies").text = "false"
+    ET.SubElement(flow, "properties")
+    definition = ET.SubElement(flow, "definition", {"class": SCM_FLOW})
+    _scm_xml(definition, scm)
+    ET.SubElement(definition, "scriptPath").text = str(scm.get("path") or "conveyor.yml")
+    ET.SubElement(definition, "lightweight").text = "true"
+    ET.SubElement(flow, "triggers")
+    ET.SubElement(flow, "disabled").text = str(disabled).lower()
+    ET.indent(flow, "  ")
+    return "<?xml version='1.1' encoding='UTF-8'?>\n" + ET.tostring(flow, "unicode") + "\n"
 
 
 def _parameter_xml(parent: ET.Element, p: dict[str, Any]) -> None:

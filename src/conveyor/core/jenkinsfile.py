@@ -32,7 +32,16 @@ from conveyor.core.groovy import (
     parse_groovy,
 )
 
-__all__ = ["GroovySyntaxError", "Issue", "Translation", "dump_yaml", "translate_jenkinsfile"]
+__all__ = [
+    "GroovySyntaxError",
+    "Issue",
+    "NotTranslated",
+    "Translation",
+    "dump_yaml",
+    "is_jenkinsfile_path",
+    "pipeline_from_jenkinsfile",
+    "translate_jenkinsfile",
+]
 
 _UNIT_SECONDS = {"SECONDS": 1, "MINUTES": 60, "HOURS": 3600, "DAYS": 86400}
 _POST_BLOCKS = {"always": "always", "success": "success", "failure": "failure"}
@@ -159,6 +168,8 @@ class _Translator:
         self.issues: list[Issue] = []
         self.parameters: set[str] = set()
         self.environment: dict[str, str] = {}
+        # Stage-level `agent { label }`: (line, stage, label), resolved once all is read.
+        self.stage_agents: list[tuple[int, str, str]] = []
 
     def report(self, line: int, message: str) -> None:
         self.issues.append(Issue(line, message))
@@ -190,6 +201,8 @@ class _Translator:
                 self.report(exc.line, exc.message)
         if "stages" not in out:
             raise GroovySyntaxError(roots[0].line, "the pipeline has no `stages { }` section")
+        self.resolve_stage_agents(out)
+        self.hoist_stage_posts(out)
         order = ["name", "agent", "concurrency", "timeout", "retry", "triggers", "parameters"]
         order += ["environment", "credentials", "stages", "post"]
         return {k: out[k] for k in order if k in out}
@@ -322,14 +335,60 @@ class _Translator:
         stages: list[dict[str, Any]] = []
         for s in block.body or []:
             if isinstance(s, Call) and s.name == "stage":
-                stages.append(self.stage(s, allow_parallel=True))
+                stages.extend(self.top_stage(s))
             else:
                 self.report(s.line, "stages: only `stage` blocks are translated")
         if not stages:
             raise _Untranslatable(block.line, "stages: no stage translated")
         return stages
 
-    def stage(self, call: Call, allow_parallel: bool) -> dict[str, Any]:
+    def top_stage(self, call: Call) -> list[dict[str, Any]]:
+        """A top-level stage, or the stages of a stage with nested sequential
+        ``stages { }``: those become top-level stages named ``Outer » Inner`` that
+        inherit the outer stage's ``when``, environment and credentials."""
+        nested = [s for s in call.body or [] if isinstance(s, Call) and s.name == "stages"]
+        if not nested:
+            return [self.stage(call, allow_parallel=True)]
+        outer = self.stage(call, allow_parallel=True, group=True)
+        children: list[dict[str, Any]] = []
+        for s in nested[0].body or []:
+            if isinstance(s, Call) and s.name == "stage":
+                children.extend(self.top_stage(s))
+            else:
+                self.report(s.line, "stages: only `stage` blocks are translated")
+        if not children:
+            return [outer | {"steps": [self.placeholder(call.line, "nested stages: none")]}]
+        for key in ("timeout", "retry"):
+            if key in outer:
+                self.report(
+                    call.line,
+                    f"stage {outer['name']!r}: `{key}` around nested stages applies to each "
+                    "nested stage in Conveyor (not to the group as a whole)",
+                )
+        out = []
+        for child in children:
+            merged = dict(child)
+            merged["name"] = f"{outer['name']} » {child['name']}"[:100]
+            if "when" in outer:
+                merged["when"] = (
+                    {"all": [outer["when"], child["when"]]} if "when" in child else outer["when"]
+                )
+            for key in ("timeout", "retry"):
+                if key in outer and key not in child:
+                    merged[key] = outer[key]
+            env = {**outer.get("environment", {}), **child.get("environment", {})}
+            if env:
+                merged["environment"] = env
+            creds = outer.get("credentials", []) + child.get("credentials", [])
+            if creds:
+                merged["credentials"] = creds
+            out.append(_ordered_stage(merged))
+        if "_post" in outer:  # the group's post: after its last stage
+            last = out[-1]
+            last["_post"] = last.get("_post", []) + outer["_post"]
+        return out
+
+    def stage(self, call: Call, allow_parallel: bool, group: bool = False) -> dict[str, Any]:
         name = _text(next(iter(call.positional()), None), "stage name", call.line).strip()
         stage: dict[str, Any] = {"name": name.replace("/", "-") or f"stage-{call.line}"}
         steps: list[dict[str, Any]] | None = None
@@ -337,7 +396,17 @@ class _Translator:
             try:
                 if not isinstance(s, Call):
                     raise _Untranslatable(s.line, f"stage {name!r}: not a stage section")
-                if s.name == "steps":
+                if s.name == "stages" and group:
+                    continue  # read by top_stage()
+                if s.name == "stages":  # sequential stages inside a parallel branch
+                    steps = self.sequential_steps(s, name)
+                elif s.name == "post":
+                    stage["_post"] = [
+                        (s.line, block, steps_) for block, steps_ in self.stage_post(s)
+                    ]
+                elif s.name == "agent":
+                    self.stage_agent(s, name)
+                elif s.name == "steps":
                     steps = self.stage_steps(s, stage)
                 elif s.name == "parallel" and allow_parallel:
                     stage["parallel"] = [
@@ -363,20 +432,110 @@ class _Translator:
                         stage["credentials"] = creds
                 elif s.name == "options":
                     self.options(s, stage, pipeline_level=False)
-                elif s.name == "agent" and any(
-                    isinstance(v, Name) and v.dotted == "any" for v in s.positional()
-                ):
-                    continue
                 else:
                     raise _Untranslatable(s.line, f"stage {name!r}: `{s.name}` is not translated")
             except _Untranslatable as exc:
                 self.report(exc.line, exc.message)
         if steps is not None:
             stage["steps"] = steps
-        if "steps" not in stage and "parallel" not in stage:
+        if "steps" not in stage and "parallel" not in stage and not group:
             stage["steps"] = [self.placeholder(call.line, f"stage {name!r} has no steps")]
-        order = ["name", "when", "timeout", "retry", "environment", "credentials"]
-        return {k: stage[k] for k in [*order, "steps", "parallel"] if k in stage}
+        return _ordered_stage(stage)
+
+    def stage_agent(self, call: Call, stage: str) -> None:
+        """``agent any|none`` needs nothing (a build runs on one agent); a label is
+        remembered and resolved against the other stages' (resolve_stage_agents)."""
+        found: dict[str, Any] = {}
+        try:
+            self.agent(call, found)
+        except _Untranslatable as exc:
+            raise _Untranslatable(exc.line, f"stage {stage!r}: {exc.message}") from None
+        if "agent" in found:
+            self.stage_agents.append((call.line, stage, found["agent"]))
+
+    def resolve_stage_agents(self, out: dict[str, Any]) -> None:
+        """A Conveyor build runs all its stages on one agent. Stage labels that agree
+        (with each other, and with the pipeline's label if it has one) become the
+        build's label; a stage asking for another label is reported."""
+        labels = sorted({label for _, _, label in self.stage_agents})
+        top = out.get("agent")
+        if top is None and len(labels) == 1:
+            out["agent"] = top = labels[0]
+        for line, stage, label in self.stage_agents:
+            if label != top:
+                where = f"the build's agent ({top})" if top else "one agent"
+                self.report(
+                    line,
+                    f"stage {stage!r}: agent label {label!r}: a Conveyor build runs all its "
+                    f"stages on {where}; other labels in one pipeline are not translated "
+                    "(split it into jobs chained by an upstream trigger)",
+                )
+
+    def stage_post(self, block: Call) -> list[tuple[str, list[dict[str, Any]]]]:
+        posts: list[tuple[str, list[dict[str, Any]]]] = []
+        for s in block.body or []:
+            if isinstance(s, Call) and s.name in _POST_BLOCKS:
+                steps = self.steps(s.body or [], _StepContext())
+                if steps:
+                    posts.append((_POST_BLOCKS[s.name], steps))
+            else:
+                name = s.name if isinstance(s, Call) else "statement"
+                self.report(s.line, f"post condition `{name}` is not translated")
+        return posts
+
+    def hoist_stage_posts(self, out: dict[str, Any]) -> None:
+        """Conveyor has ``post`` blocks for the whole pipeline only: a stage's post
+        steps move there (before the pipeline's own, as Jenkins runs them first).
+        That is exact for ``success`` on the last stage (and every block of a
+        pipeline's only stage) when the stage has no ``when``; otherwise the steps
+        run at the end of the build under the pipeline's condition, which is
+        reported."""
+        stages = out["stages"]
+        moved: dict[str, list[dict[str, Any]]] = {}
+        for i, stage in enumerate(stages):
+            holders = [(stage, i == len(stages) - 1)]
+            holders += [(branch, False) for branch in stage.get("parallel", [])]
+            for holder, last in holders:
+                for line, block, steps in holder.pop("_post", []):
+                    exact = (
+                        last and "when" not in holder and (block == "success" or len(stages) == 1)
+                    )
+                    if not exact:
+                        self.report(
+                            line,
+                            f"stage {holder['name']!r}: post {block}: Conveyor has post blocks "
+                            f"for the whole pipeline only; moved to the pipeline's post.{block} "
+                            "(it runs after all stages, on the build's result)",
+                        )
+                    moved.setdefault(block, []).extend(steps)
+        if moved:
+            post = out.setdefault("post", {})
+            for block, steps in moved.items():
+                post[block] = steps + post.get(block, [])
+            out["post"] = {k: post[k] for k in _POST_BLOCKS.values() if k in post}
+
+    def sequential_steps(self, block: Call, name: str) -> list[dict[str, Any]]:
+        """Sequential ``stages { }`` inside a parallel branch: a branch has steps, so
+        the nested stages' steps run one after another in it. Only plain nested stages
+        (steps, ``agent any``) are folded; anything else is reported."""
+        steps: list[dict[str, Any]] = []
+        for s in block.body or []:
+            if not (isinstance(s, Call) and s.name == "stage"):
+                self.report(s.line, "stages: only `stage` blocks are translated")
+                continue
+            for section in s.body or []:
+                if isinstance(section, Call) and section.name == "steps":
+                    steps.extend(self.steps(section.body or [], _StepContext()))
+                elif isinstance(section, Call) and section.name == "agent":
+                    self.stage_agent(section, name)
+                else:
+                    what = section.name if isinstance(section, Call) else "statement"
+                    self.report(
+                        section.line,
+                        f"stage {name!r}: `{what}` of a stage nested in a parallel branch is "
+                        "not translated (a branch is one list of steps)",
+                    )
+        return steps or [self.placeholder(block.line, "nested stages: no steps")]
 
     def unsupported_branch(self, s: Statement) -> dict[str, Any]:
         return {
@@ -593,6 +752,11 @@ class _Translator:
         return {"sh": f"echo {_quote(message)} >&2\nexit 1"}
 
 
+def _ordered_stage(stage: dict[str, Any]) -> dict[str, Any]:
+    order = ["name", "when", "timeout", "retry", "environment", "credentials"]
+    return {k: stage[k] for k in [*order, "steps", "parallel", "_post"] if k in stage}
+
+
 def _as_str(value: Value | None, line: int) -> Str:
     if not isinstance(value, Str):
         raise _Untranslatable(line, "expected a string literal")
@@ -716,6 +880,35 @@ def translate_jenkinsfile(text: str, name: str) -> Translation:
     translator = _Translator()
     pipeline = translator.pipeline(parse_groovy(text), name)
     return Translation(pipeline, sorted(set(translator.issues)))
+
+
+class NotTranslated(ValueError):
+    """A Jenkinsfile that does not translate completely; ``errors`` has one
+    ``FILE:LINE: message`` entry per construct."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def is_jenkinsfile_path(path: str) -> bool:
+    """A pipeline file that is not YAML (``Jenkinsfile``, ``ci/build.groovy``...)."""
+    return not path.lower().endswith((".yml", ".yaml"))
+
+
+def pipeline_from_jenkinsfile(text: str, name: str, where: str) -> str:
+    """The Conveyor pipeline (YAML) of a Jenkinsfile read from a repository at build
+    time. Only a complete translation is accepted: a build never runs a pipeline with
+    parts left out, so anything the importer reports raises :class:`NotTranslated`."""
+    try:
+        translation = translate_jenkinsfile(text, name)
+    except GroovySyntaxError as exc:
+        raise NotTranslated([f"{where}:{exc.line}: {exc.message}"]) from None
+    if translation.issues:
+        raise NotTranslated(
+            [f"{where}:{i.line}: not translated: {i.message}" for i in translation.issues]
+        )
+    return yaml.safe_dump(translation.pipeline, sort_keys=False, allow_unicode=True, width=100)
 
 
 class _BlockDumper(yaml.SafeDumper):

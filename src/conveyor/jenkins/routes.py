@@ -21,6 +21,7 @@ from fastapi.responses import StreamingResponse
 
 from conveyor.api.logs import read_log
 from conveyor.api.routes_jobs import job_fields
+from conveyor.controller.job_admin import delete_build, set_job_disabled
 from conveyor.controller.job_edits import guard_managed_edit
 from conveyor.core.jenkins_compat import (
     JENKINS_VERSION,
@@ -33,8 +34,10 @@ from conveyor.core.jenkins_compat import (
 from conveyor.core.jenkins_config import (
     NotFreestyle,
     UnsupportedConfig,
+    config_disabled,
     config_to_pipeline,
     dump_pipeline,
+    is_scm_flow,
     pipeline_to_config,
 )
 from conveyor.core.permissions import Permission
@@ -42,6 +45,7 @@ from conveyor.core.pipeline import Pipeline, parse_pipeline
 from conveyor.core.states import BuildState
 from conveyor.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from conveyor.runtime import Runtime
+from conveyor.security.audit import audit_request
 from conveyor.security.auth import Principal, current_principal
 from conveyor.store.records import BuildRecord, JobRecord
 
@@ -208,14 +212,23 @@ def _parameter_definitions(pipeline: Pipeline | None) -> list[dict[str, Any]]:
     return out
 
 
+def _job_class(job: JobRecord) -> str:
+    # A job reading its pipeline from the repository is a Jenkins pipeline job.
+    if is_scm_flow(job.spec):
+        return "org.jenkinsci.plugins.workflow.job.WorkflowJob"
+    return "hudson.model.FreeStyleProject"
+
+
 async def job_json(runtime: Runtime, base: str, job: JobRecord, depth: int = 1) -> dict[str, Any]:
     short = job.name.rsplit("/", 1)[-1]
     recent = await runtime.store.list_builds(job.name, (), None, _BUILDS_LISTED)
     building = any(not b.state.finished for b in recent)
     finished = [b for b in recent if b.state.finished]
     colour = colour_of(finished[0].state if finished else None, building)
+    if job.disabled:
+        colour = "disabled"
     summary: dict[str, Any] = {
-        "_class": "hudson.model.FreeStyleProject",
+        "_class": _job_class(job),
         "name": short,
         "url": job_url(base, job.name),
         "color": colour,
@@ -239,7 +252,8 @@ async def job_json(runtime: Runtime, base: str, job: JobRecord, depth: int = 1) 
         "displayName": short,
         "fullDisplayName": job.name.replace("/", " » "),
         "description": job.description or "",
-        "buildable": True,
+        "buildable": not job.disabled,
+        "disabled": job.disabled,
         "builds": [_ref(base, b) for b in recent],
         "firstBuild": _ref(base, recent[-1] if recent else None),
         "lastBuild": _ref(base, recent[0] if recent else None),
@@ -525,7 +539,7 @@ async def job_get(path: str, request: Request) -> Response:
     if rest == ["config.xml"]:
         job = await runtime.store.get_job(target.job)
         try:
-            xml = pipeline_to_config(job.spec)
+            xml = pipeline_to_config(job.spec, disabled=job.disabled)
         except NotFreestyle as exc:
             raise Conflict(f"job {target.job!r} has no freestyle config.xml: {exc}") from None
         return Response(xml, media_type="application/xml", headers={"X-Jenkins": JENKINS_VERSION})
@@ -622,6 +636,24 @@ async def job_post(path: str, request: Request) -> Response:
         principal.require(Permission.JOB_WRITE, name)
         await save_config_xml(request, runtime, principal, name, create=True)
         return Response("", headers={"X-Jenkins": JENKINS_VERSION})
+    if rest in (["enable"], ["disable"]):
+        principal.require(Permission.JOB_WRITE, target.job)
+        await set_job_disabled(runtime.store, runtime.clock, target.job, rest == ["disable"])
+        return Response("", headers={"X-Jenkins": JENKINS_VERSION})
+    if len(rest) == 2 and rest[1] == "doDelete":
+        principal.require(Permission.JOB_WRITE, target.job)
+        build = await _build_of(runtime, target.job, rest[0])
+        deleted = await delete_build(runtime.store, runtime.blobs, build, False, False)
+        await audit_request(
+            request,
+            runtime,
+            "build.delete",
+            200,
+            target=f"{deleted.job} #{deleted.number}",
+            build_id=deleted.build_id,
+            blobs=deleted.blobs,
+        )
+        return Response("", headers={"X-Jenkins": JENKINS_VERSION})
     if rest == ["doDelete"]:
         principal.require(Permission.JOB_WRITE, target.job)
         await guard_managed_edit(runtime.store, target.job, principal.name, False, False, "delete")
@@ -666,13 +698,18 @@ async def save_config_xml(
     body = (await request.body()).decode("utf-8", errors="replace")
     try:
         spec = dump_pipeline(config_to_pipeline(body, name))
+        disabled = config_disabled(body)
     except UnsupportedConfig as exc:
         raise InvalidInput("config.xml: " + "; ".join(exc.problems)) from None
     _, fields = job_fields(spec)
     now = runtime.clock()
     if create:
-        await runtime.store.create_job(fields, principal.name, now)
+        await runtime.store.create_job(fields, principal.name, now, disabled=disabled)
         return
     can_config = principal.can(Permission.CONFIG_MANAGE)
     await guard_managed_edit(runtime.store, name, principal.name, can_config, False, "update")
     await runtime.store.update_job(fields, None, principal.name, now)
+    # <disabled> is honoured as Jenkins does (an operational state, not in the spec).
+    job = await runtime.store.get_job(name)
+    if job.disabled != disabled:
+        await set_job_disabled(runtime.store, runtime.clock, name, disabled)

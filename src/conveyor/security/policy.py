@@ -68,6 +68,8 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/jobs/{name:path}"): need(P.JOB_READ, "name"),
     ("PUT", "/api/v1/jobs/{name:path}"): need(P.JOB_WRITE, "name"),
     ("DELETE", "/api/v1/jobs/{name:path}"): need(P.JOB_WRITE, "name"),
+    ("POST", "/api/v1/jobs/{name:path}/disable"): need(P.JOB_WRITE, "name"),
+    ("POST", "/api/v1/jobs/{name:path}/enable"): need(P.JOB_WRITE, "name"),
     ("GET", "/api/v1/jobs/{name:path}/versions"): need(P.JOB_READ, "name"),
     ("GET", "/api/v1/jobs/{name:path}/versions/{version}"): need(P.JOB_READ, "name"),
     # builds
@@ -78,6 +80,8 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/queue"): need(P.JOB_READ),
     ("GET", "/api/v1/builds/{build_id}"): need(P.JOB_READ, "build"),
     ("POST", "/api/v1/builds/{build_id}/cancel"): need(P.BUILD_CANCEL, "build"),
+    # deleting a finished build: as deleting its job (pinned/released: admins, forced)
+    ("DELETE", "/api/v1/builds/{build_id}"): need(P.JOB_WRITE, "build"),
     ("GET", "/api/v1/builds/{build_id}/log"): need(P.JOB_READ, "build"),
     ("GET", "/api/v1/builds/{build_id}/log/stream"): need(P.JOB_READ, "build"),
     ("GET", "/api/v1/builds/{build_id}/notifications"): need(P.JOB_READ, "build"),

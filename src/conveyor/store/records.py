@@ -21,6 +21,7 @@ class JobRecord:
     priority: int
     created_at: datetime
     updated_at: datetime
+    disabled: bool = False
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,9 @@ jobs = Table(
     Column("concurrency", Integer, nullable=True),
     Column("priority", Integer, nullable=False, default=0),
     Column("next_build_number", Integer, nullable=False, default=0),
+    # Operational state, not part of the spec: a disabled job starts no builds
+    # (migration 0014; POST /api/v1/jobs/NAME/disable).
+    Column("disabled", Boolean, nullable=False, default=False, server_default=false()),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )

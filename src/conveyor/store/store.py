@@ -118,6 +118,7 @@ def _job(row: Row[Any]) -> JobRecord:
         priority=m["priority"],
         created_at=m["created_at"],
         updated_at=m["updated_at"],
+        disabled=bool(m.get("disabled", False)),
     )
 
 
@@ -190,7 +191,9 @@ def _artifact(row: Row[Any]) -> ArtifactRecord:
 
 class Store(StoreBase):
     # ------------------------------------------------------------------ jobs
-    async def create_job(self, fields: JobFields, author: str | None, now: datetime) -> JobRecord:
+    async def create_job(
+        self, fields: JobFields, author: str | None, now: datetime, disabled: bool = False
+    ) -> JobRecord:
         async with self.write() as conn:
             exists = await conn.scalar(select(jobs.c.id).where(jobs.c.name == fields.name))
             if exists is not None:
@@ -202,6 +205,7 @@ class Store(StoreBase):
                         **_job_values(fields),
                         version=1,
                         next_build_number=0,
+                        disabled=disabled,
                         created_at=now,
                         updated_at=now,
                     )
@@ -312,6 +316,53 @@ class Store(StoreBase):
             await conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
             await forget_jobs(conn, names)
         return [k for k in blob_keys if k]
+
+    async def set_job_disabled(self, name: str, disabled: bool, now: datetime) -> JobRecord:
+        """Disable or enable a job (idempotent). Not a new version: the spec is unchanged."""
+        async with self.write() as conn:
+            result = await conn.execute(
+                update(jobs).where(jobs.c.name == name).values(disabled=disabled)
+            )
+            if result.rowcount != 1:
+                raise NotFound(f"job {name!r} not found")
+            row = (await conn.execute(select(jobs).where(jobs.c.name == name))).one()
+        return _job(row)
+
+    async def delete_build(self, build_id: int) -> list[str]:
+        """Delete a finished build with its steps, log and artifacts rows (publication,
+        notification and commit rows go by ON DELETE CASCADE); returns the blob keys the
+        caller should remove. A build that is queued or running: :class:`Conflict`."""
+        query = select(builds.c.state).where(builds.c.id == build_id)
+        if self.dialect == "postgresql":
+            query = query.with_for_update()  # no agent may start or finish it meanwhile
+        async with self.write() as conn:
+            row = (await conn.execute(query)).one_or_none()
+            if row is None:
+                raise NotFound(f"build {build_id} not found")
+            if row.state not in FINISHED:
+                raise Conflict(
+                    f"build {build_id} is {row.state}: cancel it and wait for it to end first"
+                )
+            keys = [
+                k
+                for k in await conn.scalars(
+                    select(builds.c.log_blob).where(builds.c.id == build_id)
+                )
+                if k
+            ]
+            keys += list(
+                await conn.scalars(
+                    select(artifacts.c.blob_key).where(artifacts.c.build_id == build_id)
+                )
+            )
+            for table in (log_chunks, artifacts, build_steps):
+                await conn.execute(delete(table).where(table.c.build_id == build_id))
+            result = await conn.execute(
+                delete(builds).where(builds.c.id == build_id, builds.c.state.in_(FINISHED))
+            )
+            if result.rowcount != 1:  # it changed state meanwhile (SQLite has no row lock)
+                raise Conflict(f"build {build_id} changed while being deleted; try again")
+        return keys
 
     async def job_versions(self, name: str) -> list[JobVersionRecord]:
         job = await self.get_job(name)

@@ -16,6 +16,8 @@ ACTION_PERMISSIONS: dict[str, Permission] = {
     "trigger": Permission.BUILD_TRIGGER,
     "rerun": Permission.BUILD_TRIGGER,
     "cancel": Permission.BUILD_CANCEL,
+    "configure": Permission.JOB_WRITE,  # enable / disable the job
+    "delete": Permission.JOB_WRITE,  # delete a finished build
     "drain": Permission.AGENT_MANAGE,
     "resume": Permission.AGENT_MANAGE,
 }

@@ -1,6 +1,7 @@
 // Conveyor web UI: a little JavaScript on top of server-rendered pages.
 // - live regions ([data-refresh]) re-rendered by the server and swapped in every few seconds
-// - actions (trigger, cancel, re-run, drain, resume) through the JSON API with fetch()
+// - actions (trigger, cancel, re-run, drain, resume, enable/disable, delete) through the
+//   JSON API with fetch()
 // - the build log: tail first, older parts on demand, live through Server-Sent Events,
 //   ANSI colours turned into <span class="ansi-…"> (no inline styles: the CSP forbids them).
 "use strict";
@@ -139,11 +140,17 @@ document.addEventListener("submit", async (event) => {
 });
 
 document.addEventListener("click", async (event) => {
-  const button = event.target.closest("button[data-post], button[data-rerun]");
+  const button = event.target.closest("button[data-post], button[data-rerun], button[data-delete]");
   if (!button) return;
+  if (button.dataset.delete && !window.confirm(button.dataset.confirm || "Delete?")) return;
   button.disabled = true;
   flash("");
   try {
+    if (button.dataset.delete) {
+      await api("DELETE", button.dataset.delete);
+      window.location.assign(button.dataset.then || "/ui/");
+      return;
+    }
     if (button.dataset.rerun) {
       await startBuild(button.dataset.rerun, JSON.parse(button.dataset.params || "{}"));
       return;

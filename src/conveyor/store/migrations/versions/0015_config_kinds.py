@@ -6,7 +6,7 @@ a config apply stores; ``instance_settings`` the retention and backup schedules 
 win over the controller's settings.
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-12-04 22:40:00.000000
 """
 
@@ -20,7 +20,7 @@ import conveyor.store.types
 When = conveyor.store.types.UTCDateTime(timezone=True)
 
 revision = "0015"
-down_revision = "0013"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
