@@ -161,7 +161,7 @@ def _values(spec: PoolSpec) -> dict[str, Any]:
     }
 
 
-async def _out(runtime: Any, pool: PoolRecord) -> PoolOut:
+async def pool_out(runtime: Any, pool: PoolRecord) -> PoolOut:
     out = PoolOut.of(pool)
     members = [a for a in await runtime.store.list_agents() if a.pool == pool.name and a.online]
     out.agents = [AgentOut.of(a) for a in members]
@@ -177,19 +177,19 @@ async def _out(runtime: Any, pool: PoolRecord) -> PoolOut:
 
 @router.get("/api/v1/pools")
 async def pools_list(runtime: RuntimeDep, _: CallerDep) -> list[PoolOut]:
-    return [await _out(runtime, p) for p in await list_pools(runtime.store)]
+    return [await pool_out(runtime, p) for p in await list_pools(runtime.store)]
 
 
 @router.post("/api/v1/pools", status_code=201)
 async def pools_create(body: PoolIn, runtime: RuntimeDep, _: CallerDep) -> PoolOut:
     spec = _spec(body.model_dump(), runtime)
     pool = await create_pool(runtime.store, _values(spec), runtime.clock())
-    return await _out(runtime, pool)
+    return await pool_out(runtime, pool)
 
 
 @router.get("/api/v1/pools/{name}")
 async def pools_get(name: str, runtime: RuntimeDep, _: CallerDep) -> PoolOut:
-    return await _out(runtime, await get_pool(runtime.store, name))
+    return await pool_out(runtime, await get_pool(runtime.store, name))
 
 
 @router.patch("/api/v1/pools/{name}")
@@ -215,7 +215,7 @@ async def pools_update(name: str, body: PoolPatch, runtime: RuntimeDep, _: Calle
     spec = _spec({**current, **changes}, runtime)
     values = _values(spec)
     del values["name"]
-    return await _out(runtime, await update_pool(runtime.store, name, values, runtime.clock()))
+    return await pool_out(runtime, await update_pool(runtime.store, name, values, runtime.clock()))
 
 
 @router.delete("/api/v1/pools/{name}", status_code=204)
