@@ -58,7 +58,7 @@ async def test_pool_pages_show_bounds_period_agents_and_a_real_decision(
     assert listing.status_code == 200
     text = listing.text
     assert '<a href="/ui/pools/linux">linux</a>' in text
-    assert "kubernetes" in text and "<code class=\"label\">docker</code>" in text
+    assert "kubernetes" in text and '<code class="label">docker</code>' in text
     assert "2 / <strong>2</strong> / 3" in text and "(lunch)" in text
     assert decision.reason.replace("→", "&#8594;") in text or decision.reason in text
     assert SECRET not in text
@@ -73,7 +73,7 @@ async def test_pool_pages_show_bounds_period_agents_and_a_real_decision(
     # "weekdays" matches but is overridden, "weekends" does not match.
     assert "in effect" in html
     assert "matches, but a later period wins" in html
-    rows = html.split("<table class=\"periods\">", 1)[1].split("</table>", 1)[0]
+    rows = html.split('<table class="periods">', 1)[1].split("</table>", 1)[0]
     lunch_row = rows.split("<td>lunch</td>", 1)[0].rsplit("<tr", 1)[1]
     assert 'class="in-effect"' in lunch_row
     assert "grow when builds wait longer than" in html and "30 s" in html
@@ -113,7 +113,9 @@ async def test_pool_pages_need_agent_read_and_an_unknown_pool_is_a_404_page(
     assert r.status_code == 404 and "pool &#39;nope&#39; not found" in r.text
 
 
-def _decision(at_minutes: int, current: int, target: int, clock: FakeClock) -> ScalingDecisionRecord:
+def _decision(
+    at_minutes: int, current: int, target: int, clock: FakeClock
+) -> ScalingDecisionRecord:
     return ScalingDecisionRecord(
         id=at_minutes,
         pool="p",
@@ -132,7 +134,11 @@ def _decision(at_minutes: int, current: int, target: int, clock: FakeClock) -> S
 
 
 def test_the_size_chart_steps_through_the_decisions(clock: FakeClock) -> None:
-    decisions = [_decision(600, 0, 1, clock), _decision(120, 1, 4, clock), _decision(30, 4, 2, clock)]
+    decisions = [
+        _decision(600, 0, 1, clock),
+        _decision(120, 1, 4, clock),
+        _decision(30, 4, 2, clock),
+    ]
     svg = str(charts.pool_size_chart(decisions, 2, clock(), hours=6))
     # The decision before the window sets where the line starts; two are in it.
     assert "2 scaling decisions" in svg and "at most 5" in svg
