@@ -14,6 +14,7 @@ from conveyor.api.schemas import AgentOut
 from conveyor.core.scaling import PolicyError, PoolSpec, parse_pool_document
 from conveyor.errors import InvalidInput
 from conveyor.providers import make_provider
+from conveyor.providers.secrets import check_references, placeholders, redacted, seal_config
 from conveyor.store.pools import (
     PoolRecord,
     ScalingDecisionRecord,
@@ -128,14 +129,9 @@ class DecisionOut(BaseModel):
         )
 
 
-SECRET_KEYS = ("token", "password", "secret")
-
-
 def _redacted(config: dict[str, Any]) -> dict[str, Any]:
     """Provider configs may hold credentials (a Kubernetes token): never shown."""
-    return {
-        k: "***" if any(s in k.lower() for s in SECRET_KEYS) and v else v for k, v in config.items()
-    }
+    return redacted(config)
 
 
 def _spec(document: dict[str, Any], runtime: Any) -> PoolSpec:
@@ -143,8 +139,19 @@ def _spec(document: dict[str, Any], runtime: Any) -> PoolSpec:
         spec = parse_pool_document({k: v for k, v in document.items() if v is not None})
     except PolicyError as exc:
         raise InvalidInput(str(exc)) from None
-    make_provider(spec.provider, spec.provider_config, runtime.settings.home)  # checks config
+    # Checks the config's shape, with every secret as a placeholder.
+    make_provider(spec.provider, placeholders(spec.provider_config), runtime.settings.home)
     return spec
+
+
+async def _sealed(
+    runtime: Any, name: str, config: dict[str, Any], stored: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The provider config to store: inline secrets encrypted, references checked
+    (providers/secrets.py). Raises before anything is stored."""
+    sealed = seal_config(runtime.credentials, name, config, stored)
+    await check_references(runtime.credentials, sealed)
+    return sealed
 
 
 def _values(spec: PoolSpec) -> dict[str, Any]:
@@ -183,7 +190,9 @@ async def pools_list(runtime: RuntimeDep, _: CallerDep) -> list[PoolOut]:
 @router.post("/api/v1/pools", status_code=201)
 async def pools_create(body: PoolIn, runtime: RuntimeDep, _: CallerDep) -> PoolOut:
     spec = _spec(body.model_dump(), runtime)
-    pool = await create_pool(runtime.store, _values(spec), runtime.clock())
+    values = _values(spec)
+    values["provider_config"] = await _sealed(runtime, spec.name, spec.provider_config)
+    pool = await create_pool(runtime.store, values, runtime.clock())
     return await pool_out(runtime, pool)
 
 
@@ -215,6 +224,12 @@ async def pools_update(name: str, body: PoolPatch, runtime: RuntimeDep, _: Calle
     spec = _spec({**current, **changes}, runtime)
     values = _values(spec)
     del values["name"]
+    if "provider_config" in changes:
+        values["provider_config"] = await _sealed(
+            runtime, name, spec.provider_config, pool.provider_config
+        )
+    else:  # as stored (sealed already)
+        values["provider_config"] = pool.provider_config
     return await pool_out(runtime, await update_pool(runtime.store, name, values, runtime.clock()))
 
 
