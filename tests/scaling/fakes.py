@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -178,7 +179,8 @@ class FakeDocker(FakeServer):
 class FakeKubernetes(FakeServer):
     """POST/GET /api/v1/namespaces/NS/pods, DELETE …/pods/NAME; checks the bearer token."""
 
-    token = "fake-sa-token"
+    #: Random per test run: the tests look for it in the database's bytes.
+    token = "fake-sa-token-" + secrets.token_hex(8)
 
     def handle(
         self, method: str, path: str, query: dict[str, list[str]], body: Any
