@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from conveyor.core.permissions import Role
 from conveyor.runtime import Runtime
-from conveyor.store.pools import ScalingDecisionRecord
+from conveyor.store.pools import ScalingDecisionRecord, update_pool
 from conveyor.web import charts
 from tests.api.conftest import _client
 from tests.auth_helpers import user_token
@@ -20,6 +20,7 @@ from tests.conftest import FakeClock
 from tests.scaling.test_autoscaler import RecordingProvider, autoscaler, register
 
 SECRET = "k8s-bearer-" + "9f3c1d2e7a"
+SEALED_VALUE = {"$sealed": "c2VhbGVkLWJ5dGVz", "key_id": "0123456789abcdef"}
 
 POOL = {
     "name": "linux",
@@ -27,7 +28,7 @@ POOL = {
     "min": 1,
     "max": 3,
     "provider": "kubernetes",
-    "provider_config": {"api_url": "http://127.0.0.1:1", "image": "agent:1", "token": SECRET},
+    "provider_config": {"api_url": "http://127.0.0.1:1", "image": "agent:1", "token_file": "/t"},
     "policy": {
         "scale_up_wait_seconds": 30,
         # The fake clock starts on Monday 2026-01-05 at 12:00 UTC.
@@ -45,6 +46,10 @@ async def test_pool_pages_show_bounds_period_agents_and_a_real_decision(
 ) -> None:
     r = await client.post("/api/v1/pools", json=POOL)
     assert r.status_code == 201, r.text
+    # As stored by an older version (a token in clear) and sealed (providers/secrets.py):
+    # the pages show neither.
+    config = {**POOL["provider_config"], "token": SECRET, "env": {"X_TOKEN": SEALED_VALUE}}  # type: ignore[dict-item]
+    await update_pool(runtime.store, "linux", {"provider_config": config}, clock())
     provider = RecordingProvider()
     scaler = autoscaler(runtime.store, clock, "ui-test", provider)
     assert await scaler.lease.run_once()
@@ -84,6 +89,7 @@ async def test_pool_pages_show_bounds_period_agents_and_a_real_decision(
     assert "1 scaling decisions" in html
     # Secrets are never shown: the provider config is redacted.
     assert SECRET not in html and "***" in html
+    assert SEALED_VALUE["$sealed"] not in html and "/t" in html
 
     live = await client.get("/ui/pools/linux?fragment=live")
     assert live.status_code == 200 and decision.reason in live.text
@@ -114,7 +120,7 @@ async def test_pool_pages_need_agent_read_and_an_unknown_pool_is_a_404_page(
 
 
 def _decision(
-    at_minutes: int, current: int, target: int, clock: FakeClock
+    at_minutes: int, current: int, target: int, clock: FakeClock, waiting: int | None = None
 ) -> ScalingDecisionRecord:
     return ScalingDecisionRecord(
         id=at_minutes,
@@ -130,20 +136,23 @@ def _decision(
         drained=[],
         period=None,
         controller=None,
+        waiting=waiting,
     )
 
 
 def test_the_size_chart_steps_through_the_decisions(clock: FakeClock) -> None:
     decisions = [
         _decision(600, 0, 1, clock),
-        _decision(120, 1, 4, clock),
-        _decision(30, 4, 2, clock),
+        _decision(120, 1, 4, clock, waiting=7),
+        _decision(30, 4, 2, clock, waiting=0),
     ]
     svg = str(charts.pool_size_chart(decisions, 2, clock(), hours=6))
     # The decision before the window sets where the line starts; two are in it.
-    assert "2 scaling decisions" in svg and "at most 5" in svg
+    assert "2 scaling decisions, up to 7 builds waiting" in svg and "at most 7" in svg
+    assert 'class="waiting"' in svg
     assert svg.count("<circle") == 2
     assert "pool p 1 → 4: &lt;why &amp; how&gt;" in svg  # escaped reasons as titles
     assert 'class="bound"' in svg and 'class="line"' in svg
     empty = str(charts.pool_size_chart([], 0, clock()))
-    assert "0 agents now, 0 scaling decisions" in empty
+    assert "0 agents now, 0 scaling decisions, at most 1" in empty
+    assert 'class="waiting"' not in empty  # decisions recorded before 0017: no line

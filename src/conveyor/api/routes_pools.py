@@ -109,6 +109,7 @@ class DecisionOut(BaseModel):
     drained: list[str]
     period: str | None
     controller: str | None
+    waiting: int | None = None
 
     @classmethod
     def of(cls, d: ScalingDecisionRecord) -> DecisionOut:
@@ -126,6 +127,7 @@ class DecisionOut(BaseModel):
             drained=d.drained,
             period=d.period,
             controller=d.controller,
+            waiting=d.waiting,
         )
 
 

@@ -115,6 +115,8 @@ scaling_decisions = Table(
     Column("drained", JSON, nullable=False),  # agent names drained
     Column("period", String(200), nullable=True),
     Column("controller", String(200), nullable=True),
+    # Queued builds the pool served at the decision (migration 0017; None before it).
+    Column("waiting", Integer, nullable=True),
     Index("ix_scaling_decisions_pool_id", "pool", "id"),
 )
 
@@ -187,6 +189,8 @@ class ScalingDecisionRecord:
     drained: list[str]
     period: str | None
     controller: str | None
+    #: Queued builds the pool served when it decided (None: recorded before 0017).
+    waiting: int | None = None
 
 
 def _pool(row: Row[Any]) -> PoolRecord:
@@ -237,6 +241,7 @@ def _decision(row: Row[Any]) -> ScalingDecisionRecord:
         drained=list(m["drained"] or []),
         period=m["period"],
         controller=m["controller"],
+        waiting=m["waiting"],
     )
 
 
@@ -479,6 +484,7 @@ async def record_decision(
                 drained=drained,
                 period=decision.period,
                 controller=controller,
+                waiting=decision.waiting,
             )
             .returning(scaling_decisions.c.id)
         )

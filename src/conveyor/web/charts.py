@@ -173,8 +173,9 @@ def pool_size_chart(
 ) -> Markup:
     """A pool's size over the last ``hours``, as a step line drawn from its recorded
     decisions (each moves the size from ``current`` to ``target`` at ``at``), with the
-    bounds in force (dashed: max) and a dot per decision whose title is its reason.
-    ``decisions`` in any order; ``size_now`` ends the line at ``now``."""
+    bounds in force (dashed: max), a dot per decision whose title is its reason, and
+    the builds waiting for the pool at each decision (a second step line, where the
+    decisions recorded it). ``decisions`` in any order; ``size_now`` ends the line."""
     width, height, top, left = 480, 150, 12, 26
     plot_h, plot_w = height - 34, width - left - 6
     start = now - timedelta(hours=hours)
@@ -182,9 +183,11 @@ def pool_size_chart(
     before = [d for d in ordered if d.at < start]
     shown = [d for d in ordered if start <= d.at <= now]
     size = before[-1].target if before else (shown[0].current if shown else size_now)
+    waits = [(d.at, d.waiting) for d in shown if d.waiting is not None]
     top_value = max(
         [size, size_now, 1, *(d.target for d in shown), *(d.current for d in shown)]
         + [d.max_size for d in [*before[-1:], *shown]]
+        + [w for _, w in waits]
     )
 
     def x(at: datetime) -> float:
@@ -220,6 +223,19 @@ def pool_size_chart(
     if bounds:
         coords = " ".join(f"{px:.1f},{py:.1f}" for px, py in bounds)
         marks.append(f'<polyline class="bound" points="{coords}"><title>max</title></polyline>')
+    if waits:
+        steps: list[tuple[float, float]] = []
+        for at, count in waits:
+            if steps:
+                steps.append((x(at), steps[-1][1]))
+            steps.append((x(at), y(count)))
+        steps.append((x(now), steps[-1][1]))
+        coords = " ".join(f"{px:.1f},{py:.1f}" for px, py in steps)
+        most = max(w for _, w in waits)
+        marks.append(
+            f'<polyline class="waiting" points="{coords}">'
+            f"<title>builds waiting for the pool (up to {most})</title></polyline>"
+        )
     coords = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
     marks.append(f'<polyline class="line" points="{coords}"/>')
     marks.extend(dots)
@@ -230,8 +246,9 @@ def pool_size_chart(
                 f'<text class="axis" x="{x(at) - (12 if i else 0):.1f}" y="{height - 4}">'
                 f"{at:%H:%M}</text>"
             )
+    waited = f", up to {max(w for _, w in waits)} builds waiting" if waits else ""
     label = (
         f"Pool size, last {hours} hours: {size_now} agents now, "
-        f"{len(shown)} scaling decisions, at most {top_value}"
+        f"{len(shown)} scaling decisions{waited}, at most {top_value}"
     )
     return _frame(width, height, label, marks)
