@@ -187,6 +187,7 @@ async def test_patch_keeps_sealed_values_and_refuses_bad_secrets(
         (kube_pool("q", token={SEALED: "AAAA", "key_id": "x"}), 400, "Conveyor's own"),
         (kube_pool("q", token_credential="ci/nope"), 400, "unknown credential(s): ci/nope"),
         (kube_pool("q", token={"credential": ""}), 400, "a credential id"),
+        (kube_pool("q", token="t", token_credential="ci/x"), 400, "give token or token_credential"),
     ]:
         r = await client.post("/api/v1/pools", json=body)
         assert r.status_code == status, (body, r.text)

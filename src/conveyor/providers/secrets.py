@@ -143,7 +143,20 @@ def seal_config(
             "key_id": vault.key.key_id,
         }
 
+    _check_no_doubles(config)
     return _walk(config, seal)
+
+
+def _check_no_doubles(config: dict[str, Any], path: str = "") -> None:
+    """``token`` and ``token_credential`` side by side: which one is meant?"""
+    for key, value in config.items():
+        here = f"{path}.{key}" if path else str(key)
+        if key.endswith(REF_SUFFIX) and key[: -len(REF_SUFFIX)] in config:
+            raise InvalidInput(
+                f"provider_config.{here}: give {key[: -len(REF_SUFFIX)]} or {key}, not both"
+            )
+        if isinstance(value, dict) and not (path == "" and key in _VERBATIM):
+            _check_no_doubles(value, here)
 
 
 def _check_id(path: str, value: Any) -> None:
