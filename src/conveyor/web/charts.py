@@ -242,9 +242,10 @@ def pool_size_chart(
     for i in range(hours + 1):
         if i % max(1, hours // 6) == 0:
             at = start + timedelta(hours=i)
+            anchor = "start" if i == 0 else ("end" if i == hours else "middle")
             marks.append(
-                f'<text class="axis" x="{x(at) - (12 if i else 0):.1f}" y="{height - 4}">'
-                f"{at:%H:%M}</text>"
+                f'<text class="axis" x="{x(at):.1f}" y="{height - 4}" '
+                f'text-anchor="{anchor}">{at:%H:%M}</text>'
             )
     waited = f", up to {max(w for _, w in waits)} builds waiting" if waits else ""
     label = (
