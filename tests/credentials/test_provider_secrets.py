@@ -8,6 +8,7 @@ an inline secret is refused, and bad input stores nothing."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import secrets
 import subprocess
 from pathlib import Path
@@ -18,6 +19,9 @@ from sqlalchemy import select
 
 from conveyor.controller.autoscaler import Autoscaler
 from conveyor.controller.leader import LeaderLease
+from conveyor.credentials.keys import SecretKey
+from conveyor.credentials.rotation import RotationError, rotate_store
+from conveyor.credentials.service import CredentialVault
 from conveyor.providers.command import CommandProvider
 from conveyor.providers.kubernetes import KubernetesProvider
 from conveyor.providers.secrets import (
@@ -31,9 +35,9 @@ from conveyor.providers.secrets import (
 )
 from conveyor.runtime import Runtime
 from conveyor.settings import Settings
-from conveyor.store.pools import get_pool, list_pools, pools
+from conveyor.store.pools import get_pool, list_pools, pools, update_pool
 from tests.conftest import FakeClock
-from tests.credentials.conftest import _runtime
+from tests.credentials.conftest import _runtime, new_key_text
 
 TOKEN = "kube-token-" + secrets.token_hex(12)
 ENV_SECRET = "env-pass-" + secrets.token_hex(12)
@@ -255,3 +259,31 @@ async def test_seal_resolve_round_trip_is_bound_to_pool_and_field(runtime: Runti
     moved = {**sealed, "password": sealed["token"]}
     with pytest.raises(ProviderSecretError, match="password does not decrypt"):
         await resolve_config(vault, "a", moved)
+
+
+async def test_key_rotation_reseals_pool_secrets_in_the_same_transaction(
+    client: httpx.AsyncClient, runtime: Runtime, clock: FakeClock, key_text: str
+) -> None:
+    r = await client.post("/api/v1/pools", json=kube_pool("rot", token=TOKEN))
+    assert r.status_code == 201, r.text
+    old = SecretKey(base64.b64decode(key_text))
+    new = SecretKey(base64.b64decode(new_key_text()))
+    await rotate_store(runtime.store, old, new)
+    stored = (await get_pool(runtime.store, "rot")).provider_config
+    assert stored["token"]["key_id"] == new.key_id
+    assert await resolve_config(CredentialVault(runtime.store, new), "rot", stored) == {
+        "api_url": "http://127.0.0.1:9",
+        "image": "agent:1",
+        "token": TOKEN,
+    }
+    with pytest.raises(ProviderSecretError, match="encrypted with key"):
+        await resolve_config(CredentialVault(runtime.store, old), "rot", stored)
+
+    # A pool secret that no key opens stops the rotation: nothing changes, credentials
+    # included.
+    forged = {**stored, "token": {SEALED: stored["token"][SEALED], "key_id": "elsewhere"}}
+    await update_pool(runtime.store, "rot", {"provider_config": forged}, clock())
+    third = SecretKey(base64.b64decode(new_key_text()))
+    with pytest.raises(RotationError, match=r"provider_config\.token is sealed with key elsewhere"):
+        await rotate_store(runtime.store, new, third)
+    assert (await get_pool(runtime.store, "rot")).provider_config == forged

@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from conveyor.credentials.keys import DecryptError
+from conveyor.credentials.keys import DecryptError, SecretKey
 from conveyor.credentials.service import NO_KEY, CredentialsNotConfigured, CredentialVault
 from conveyor.errors import InvalidInput
 from conveyor.store.credentials import get_credentials
@@ -280,6 +280,33 @@ def _rename_references(
         else:
             out[key] = value
     return out
+
+
+def reseal_config(
+    pool: str, config: dict[str, Any], keys: dict[str, SecretKey], new: SecretKey
+) -> dict[str, Any]:
+    """``config`` with every sealed value decrypted with the key it names (one of
+    ``keys``, by key id) and sealed again with ``new``: a key rotation.
+    ProviderSecretError when a value names an unknown key or does not decrypt."""
+
+    def again(path: str, key: str, value: Any) -> Any:
+        if not _is_sealed(value):
+            return value
+        old = keys.get(str(value.get("key_id")))
+        if old is None:
+            raise ProviderSecretError(
+                f"pool {pool}: provider_config.{path} is sealed with key {value.get('key_id')},"
+                " which is neither the current key nor the new one"
+            )
+        try:
+            plaintext = old.decrypt(str(value[SEALED]), _context(pool, path))
+        except DecryptError:
+            raise ProviderSecretError(
+                f"pool {pool}: provider_config.{path} does not decrypt"
+            ) from None
+        return {SEALED: new.encrypt(plaintext, _context(pool, path)), "key_id": new.key_id}
+
+    return _walk(config, again)
 
 
 def redacted(config: dict[str, Any]) -> dict[str, Any]:
