@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -46,13 +47,16 @@ class FakeServer:
     lock: threading.Lock = field(default_factory=threading.Lock)
     httpd: ThreadingHTTPServer | None = None
 
+    tls: ssl.SSLContext | None = None
+
     @property
     def url(self) -> str:
         assert self.httpd is not None
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
-    def start(self) -> FakeServer:
+    def start(self, tls: ssl.SSLContext | None = None) -> FakeServer:
+        """Serve on 127.0.0.1 (a free port); with ``tls``, over TLS with that context."""
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -87,6 +91,9 @@ class FakeServer:
                 self._handle("DELETE")
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.tls = tls
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 
