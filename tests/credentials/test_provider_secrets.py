@@ -23,6 +23,7 @@ from conveyor.credentials.keys import SecretKey
 from conveyor.credentials.rotation import RotationError, rotate_store
 from conveyor.credentials.service import CredentialVault
 from conveyor.providers.command import CommandProvider
+from conveyor.providers.docker import DockerProvider
 from conveyor.providers.kubernetes import KubernetesProvider
 from conveyor.providers.secrets import (
     SEALED,
@@ -159,6 +160,16 @@ async def test_inline_secrets_are_sealed_and_references_store_only_the_id(
     assert isinstance(cmd, CommandProvider)
     assert cmd.env == {"DB_PASSWORD": ENV_SECRET, "REGION": "eu-1", "API_TOKEN": REF_TOKEN}
     assert cmd.user_config["aws"]["secret_access_key"] == TOKEN
+
+    # A nested reference: a docker engine's TLS client key from the credentials store.
+    tls = {"client_cert": "CERT", "client_key_credential": "ci/k8s-token"}
+    docker = {"name": "dock", "provider": "docker", "provider_config": {"image": "x", "tls": tls}}
+    r = await client.post("/api/v1/pools", json=docker)
+    assert r.status_code == 201, r.text
+    assert r.json()["provider_config"]["tls"] == tls
+    dock = await _provider(runtime, clock, "dock")
+    assert isinstance(dock, DockerProvider)
+    assert dock.tls == {"client_cert": "CERT", "client_key": REF_TOKEN}
 
     # A replaced credential reaches the provider at the next step (rebuilt).
     r = await client.put("/api/v1/credentials/ci/k8s-token", json={"value": REF_TOKEN + "-2"})
