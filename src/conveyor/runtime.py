@@ -226,6 +226,7 @@ class Runtime:
                 latency=request_latency(self.metrics),
                 launch_timeout=settings.agent_launch_timeout,
                 on_decision=self._audit_scaling,
+                credentials=self.credentials,
             )
         return self.autoscaler
 

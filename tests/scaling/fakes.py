@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -45,13 +47,16 @@ class FakeServer:
     lock: threading.Lock = field(default_factory=threading.Lock)
     httpd: ThreadingHTTPServer | None = None
 
+    tls: ssl.SSLContext | None = None
+
     @property
     def url(self) -> str:
         assert self.httpd is not None
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
-    def start(self) -> FakeServer:
+    def start(self, tls: ssl.SSLContext | None = None) -> FakeServer:
+        """Serve on 127.0.0.1 (a free port); with ``tls``, over TLS with that context."""
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -86,6 +91,9 @@ class FakeServer:
                 self._handle("DELETE")
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.tls = tls
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 
@@ -178,7 +186,8 @@ class FakeDocker(FakeServer):
 class FakeKubernetes(FakeServer):
     """POST/GET /api/v1/namespaces/NS/pods, DELETE …/pods/NAME; checks the bearer token."""
 
-    token = "fake-sa-token"
+    #: Random per test run: the tests look for it in the database's bytes.
+    token = "fake-sa-token-" + secrets.token_hex(8)
 
     def handle(
         self, method: str, path: str, query: dict[str, list[str]], body: Any

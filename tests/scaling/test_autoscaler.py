@@ -143,6 +143,9 @@ async def test_only_the_leader_scales_and_a_new_leader_continues_from_the_store(
     [grow] = await a.run_once()
     assert (grow.current, grow.target, grow.rule) == (1, 3, "wait")
     assert grow.reason == "pool linux 1 → 3: 3 builds waited > 10 s for `linux`"
+    assert (first.waiting, grow.waiting) == (0, 3)  # stored, for the pool page's chart
+    [stored, _] = await list_decisions(store, "linux")
+    assert stored.waiting == 3
     assert len(provider_a.launches) == 3
 
     # The leader goes away; b takes over. The scale-up cooldown (60 s) was stored,

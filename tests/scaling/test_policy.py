@@ -60,6 +60,14 @@ def test_builds_waiting_longer_than_t_for_a_served_label_grow_the_pool() -> None
     assert (d.current, d.target, d.rule) == (3, 5, "wait")
     assert d.reason == "pool linux 3 → 5: 7 builds waited > 30 s for `linux`"
     assert d.state.last_scale_up_at == NOW
+    assert d.waiting == 7
+
+
+def test_a_decision_counts_the_queued_builds_the_pool_serves() -> None:
+    policy = ScalingPolicy(min_size=1, max_size=5)
+    queue = [*waiting(2, seconds=1), *waiting(3, expr="windows"), *waiting(1, expr=None)]
+    d = decide(policy, pool(agent(1, busy=1)), queue, NOW, ScalingState())
+    assert d.waiting == 3  # two for `linux`, one for any agent; not the windows ones
 
 
 def test_builds_for_other_labels_or_not_waiting_long_do_not_grow_it() -> None:

@@ -5,6 +5,7 @@ nothing else can run here); the command provider runs a real user script."""
 from __future__ import annotations
 
 import json
+import secrets
 import stat
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from conveyor.credentials.keys import create_key_file
 from tests.harness import Controller, wait_until
 from tests.scaling.fakes import FakeDocker, FakeKubernetes
 
@@ -78,12 +80,28 @@ else:
 @pytest.fixture
 def controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Controller]:
     monkeypatch.setenv("CONVEYOR_AUTOSCALE_INTERVAL", "1")
-    c = Controller(tmp_path / "home").start()
+    # A credentials key: provider secrets are stored sealed (providers/secrets.py).
+    key_file = tmp_path / "keys" / "secret.key"
+    create_key_file(key_file)
+    c = Controller(tmp_path / "home", extra_args=["--secret-key-file", str(key_file)]).start()
     spec = tmp_path / "job.yml"
     spec.write_text(JOB)
     assert c.cli("job", "apply", "-f", str(spec)).returncode == 0
     yield c
     c.stop()
+
+
+REGISTRY_PASSWORD = "registry-pw-" + secrets.token_hex(10)
+
+
+def _assert_not_in_database(controller: Controller, *values: str) -> None:
+    """The SQLite database of a real controller (with its WAL) holds none of them."""
+    files = [p for p in controller.home.iterdir() if p.name.startswith("conveyor.db")]
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        for value in values:
+            assert value.encode() not in data, f"a provider secret in clear in {path.name}"
 
 
 def _run_build(c: httpx.Client) -> dict[str, Any]:
@@ -136,12 +154,15 @@ def test_docker_provider_against_a_fake_docker_api(controller: Controller, tmp_p
             "provider_config": {
                 "image": "ghcr.io/example/conveyor-agent:1",
                 "base_url": docker.url.replace("http://", "tcp://"),
-                "env": {"EXTRA": "1"},
+                "env": {"EXTRA": "1", "REGISTRY_PASSWORD": REGISTRY_PASSWORD},
             },
             "policy": POLICY,
         }
         with controller.client() as c:
             _grow_run_shrink(c, pool)
+            shown = c.get("/api/v1/pools/dock").json()["provider_config"]
+            assert shown["env"] == {"EXTRA": "1", "REGISTRY_PASSWORD": "***"}
+        _assert_not_in_database(controller, REGISTRY_PASSWORD)
         [container] = docker.workloads.values()
         assert container.image == "ghcr.io/example/conveyor-agent:1"  # type: ignore[attr-defined]
         assert container.labels == {"conveyor.pool": "dock", "conveyor.agent": container.name}
@@ -150,6 +171,7 @@ def test_docker_provider_against_a_fake_docker_api(controller: Controller, tmp_p
         # The token travels in the environment, never on the command line.
         assert container.env["CONVEYOR_TOKEN"].startswith("cva_")
         assert container.env["EXTRA"] == "1"
+        assert container.env["REGISTRY_PASSWORD"] == REGISTRY_PASSWORD
         assert not any("cva_" in arg for arg in container.argv)
         assert container.deleted and not container.running
         paths = [(m, p.split("/", 2)[-1]) for m, p, _ in docker.requests]
@@ -211,7 +233,7 @@ def test_kubernetes_provider_against_a_fake_api_server(
         assert agent["command"] == ["conveyor"] and agent["args"][0] == "agent"
         assert [e["name"] for e in agent["env"]] == ["CONVEYOR_TOKEN"]
         assert pod.deleted and not pod.running
-        assert all(h.get("Authorization") == "Bearer fake-sa-token" for _, _, h in kube.requests)
+        assert all(h.get("Authorization") == f"Bearer {kube.token}" for _, _, h in kube.requests)
     finally:
         kube.close()
 
@@ -229,10 +251,17 @@ def test_ephemeral_pool_one_build_per_agent_on_kubernetes(
             "max": 3,
             "ephemeral": True,
             "provider": "kubernetes",
-            "provider_config": {"api_url": kube.url, "token": FakeKubernetes.token, "image": "x"},
+            "provider_config": {
+                "api_url": kube.url,
+                # The bearer token from the credentials store: only its id is in the pool.
+                "token_credential": "ci/k8s-token",
+                "image": "x",
+            },
             "policy": POLICY,
         }
         with controller.client() as c:
+            cred = {"id": "ci/k8s-token", "kind": "text", "value": kube.token}
+            assert c.post("/api/v1/credentials", json=cred).status_code == 201
             assert c.post("/api/v1/pools", json=pool).status_code == 201
             ids = [c.post("/api/v1/jobs/on-pool/builds", json={}).json()["id"] for _ in range(3)]
             builds = [
@@ -251,6 +280,8 @@ def test_ephemeral_pool_one_build_per_agent_on_kubernetes(
                 lambda: c.get("/api/v1/pools/once").json()["size"] == 0, 60, what="pool empty"
             )
         assert len(kube.workloads) == 3
+        assert all(h.get("Authorization") == f"Bearer {kube.token}" for _, _, h in kube.requests)
+        _assert_not_in_database(controller, kube.token)
         wait_until(lambda: not any(p.running for p in kube.workloads.values()), 30)
         # Each one said it was done after its build (the autoscaler may also have
         # stopped it, idle and drained, while it was exiting anyway).

@@ -242,6 +242,8 @@ ROUTE_FAMILIES: dict[tuple[str, str], list[Call]] = {
         "job.read", "/ui/builds/BUILD/log-window"
     ),
     ("GET", "/ui/agents"): [Call("fleet.read", "/ui/agents")],
+    ("GET", "/ui/pools"): [Call("fleet.read", "/ui/pools")],
+    ("GET", "/ui/pools/{name}"): [Call("fleet.read", "/ui/pools/none")],
     ("GET", "/ui/cluster"): [Call("fleet.read", "/ui/cluster")],
     # credentials
     ("GET", "/api/v1/credentials"): [Call("credential.read", "/api/v1/credentials")],

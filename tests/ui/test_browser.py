@@ -83,6 +83,9 @@ def conveyor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]:
             # The browser signs in through the form as a real user (docs/security.md).
             user = {"name": UI_USER, "password": UI_PASSWORD, "role": "admin"}
             assert c.post("/api/v1/users", json=user).status_code == 201
+            # An elastic pool: the leader's autoscaler starts its agent (a real local
+            # process) and records why, for the pool pages.
+            assert c.post("/api/v1/pools", json=UI_POOL).status_code == 201
         yield controller
     finally:
         agent.stop()
@@ -100,6 +103,16 @@ def browser() -> Iterator[Browser]:
 
 
 UI_USER, UI_PASSWORD = "ui-admin", "a-long-ui-password"
+UI_POOL = {
+    "name": "ui-pool",
+    "labels": ["ui-pool"],
+    "min": 1,
+    "max": 2,
+    "provider": "local",
+    "policy": {
+        "periods": [{"name": "always", "cron": "* * * * *", "timezone": "Europe/Berlin", "min": 1}]
+    },
+}
 
 
 def _sign_in(page: Page, next_path: str = "/ui/") -> None:
@@ -383,6 +396,8 @@ PAGES = {
     "job-diff": "/ui/jobs/ui/params?diff_from=1&diff_to=1",
     "build": "/ui/builds/1",
     "agents": "/ui/agents",
+    "pools": "/ui/pools",
+    "pool": "/ui/pools/ui-pool",
     "cluster": "/ui/cluster",
 }
 
@@ -416,6 +431,33 @@ def test_every_page_renders_and_is_screenshotted(
         finally:
             context.close()
     assert (screenshots / "dashboard-375px.png").stat().st_size > 0
+
+
+def test_pool_pages_show_the_autoscalers_real_decision(
+    page: Page, conveyor: Controller, screenshots: Path
+) -> None:
+    def first_decision() -> Any:
+        with conveyor.client() as c:
+            found = c.get("/api/v1/pools/ui-pool/decisions").json()
+        return found[-1] if found else None
+
+    decision = wait_until(first_decision, 60, interval=0.5, what="the autoscaler's decision")
+    assert decision["reason"].startswith("pool ui-pool 0 → 1: below the minimum 1")
+    page.goto("/ui/agents")
+    page.get_by_role("link", name="Pools", exact=True).first.click()
+    expect(page).to_have_url(re.compile(r"/ui/pools$"))
+    row = page.locator("tr#pool-ui-pool")
+    expect(row).to_contain_text("local")
+    expect(row).to_contain_text(decision["reason"])
+    row.get_by_role("link", name="ui-pool").click()
+    expect(page).to_have_url(re.compile(r"/ui/pools/ui-pool$"))
+    expect(page.locator("h1")).to_have_text("Pool ui-pool")
+    expect(page.locator("table.decisions")).to_contain_text(decision["reason"])
+    expect(page.locator("table.periods tr.in-effect")).to_contain_text("always")
+    # The pool's agent registers (a real process the autoscaler started).
+    expect(page.locator("table.pool-agents")).to_contain_text("online", timeout=90_000)
+    expect(page.locator("svg.chart circle")).not_to_have_count(0)
+    page.screenshot(path=str(screenshots / "pool-decision.png"), full_page=True)
 
 
 def test_keyboard_reaches_the_start_button(page: Page) -> None:

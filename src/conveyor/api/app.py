@@ -33,6 +33,7 @@ from conveyor.jenkins.headers import JenkinsVersionHeader
 from conveyor.runtime import Runtime
 from conveyor.security.install import install as install_security
 from conveyor.security.policy import authorize
+from conveyor.web import pools as ui_pools
 from conveyor.web import routes_ui
 
 #: What a standby controller answers before it leads.
@@ -101,5 +102,6 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
     app.include_router(routes_publications.agent_router)
     app.include_router(routes_retention.router)
     app.include_router(routes_ui.router)
+    app.include_router(ui_pools.router)
     app.include_router(jenkins_routes.router)  # Jenkins-compatible API subset
     return app

@@ -14,6 +14,7 @@ from conveyor.api.schemas import AgentOut
 from conveyor.core.scaling import PolicyError, PoolSpec, parse_pool_document
 from conveyor.errors import InvalidInput
 from conveyor.providers import make_provider
+from conveyor.providers.secrets import check_references, placeholders, redacted, seal_config
 from conveyor.store.pools import (
     PoolRecord,
     ScalingDecisionRecord,
@@ -108,6 +109,7 @@ class DecisionOut(BaseModel):
     drained: list[str]
     period: str | None
     controller: str | None
+    waiting: int | None = None
 
     @classmethod
     def of(cls, d: ScalingDecisionRecord) -> DecisionOut:
@@ -125,17 +127,13 @@ class DecisionOut(BaseModel):
             drained=d.drained,
             period=d.period,
             controller=d.controller,
+            waiting=d.waiting,
         )
-
-
-SECRET_KEYS = ("token", "password", "secret")
 
 
 def _redacted(config: dict[str, Any]) -> dict[str, Any]:
     """Provider configs may hold credentials (a Kubernetes token): never shown."""
-    return {
-        k: "***" if any(s in k.lower() for s in SECRET_KEYS) and v else v for k, v in config.items()
-    }
+    return redacted(config)
 
 
 def _spec(document: dict[str, Any], runtime: Any) -> PoolSpec:
@@ -143,8 +141,19 @@ def _spec(document: dict[str, Any], runtime: Any) -> PoolSpec:
         spec = parse_pool_document({k: v for k, v in document.items() if v is not None})
     except PolicyError as exc:
         raise InvalidInput(str(exc)) from None
-    make_provider(spec.provider, spec.provider_config, runtime.settings.home)  # checks config
+    # Checks the config's shape, with every secret as a placeholder.
+    make_provider(spec.provider, placeholders(spec.provider_config), runtime.settings.home)
     return spec
+
+
+async def _sealed(
+    runtime: Any, name: str, config: dict[str, Any], stored: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The provider config to store: inline secrets encrypted, references checked
+    (providers/secrets.py). Raises before anything is stored."""
+    sealed = seal_config(runtime.credentials, name, config, stored)
+    await check_references(runtime.credentials, sealed)
+    return sealed
 
 
 def _values(spec: PoolSpec) -> dict[str, Any]:
@@ -161,7 +170,7 @@ def _values(spec: PoolSpec) -> dict[str, Any]:
     }
 
 
-async def _out(runtime: Any, pool: PoolRecord) -> PoolOut:
+async def pool_out(runtime: Any, pool: PoolRecord) -> PoolOut:
     out = PoolOut.of(pool)
     members = [a for a in await runtime.store.list_agents() if a.pool == pool.name and a.online]
     out.agents = [AgentOut.of(a) for a in members]
@@ -177,19 +186,21 @@ async def _out(runtime: Any, pool: PoolRecord) -> PoolOut:
 
 @router.get("/api/v1/pools")
 async def pools_list(runtime: RuntimeDep, _: CallerDep) -> list[PoolOut]:
-    return [await _out(runtime, p) for p in await list_pools(runtime.store)]
+    return [await pool_out(runtime, p) for p in await list_pools(runtime.store)]
 
 
 @router.post("/api/v1/pools", status_code=201)
 async def pools_create(body: PoolIn, runtime: RuntimeDep, _: CallerDep) -> PoolOut:
     spec = _spec(body.model_dump(), runtime)
-    pool = await create_pool(runtime.store, _values(spec), runtime.clock())
-    return await _out(runtime, pool)
+    values = _values(spec)
+    values["provider_config"] = await _sealed(runtime, spec.name, spec.provider_config)
+    pool = await create_pool(runtime.store, values, runtime.clock())
+    return await pool_out(runtime, pool)
 
 
 @router.get("/api/v1/pools/{name}")
 async def pools_get(name: str, runtime: RuntimeDep, _: CallerDep) -> PoolOut:
-    return await _out(runtime, await get_pool(runtime.store, name))
+    return await pool_out(runtime, await get_pool(runtime.store, name))
 
 
 @router.patch("/api/v1/pools/{name}")
@@ -215,7 +226,13 @@ async def pools_update(name: str, body: PoolPatch, runtime: RuntimeDep, _: Calle
     spec = _spec({**current, **changes}, runtime)
     values = _values(spec)
     del values["name"]
-    return await _out(runtime, await update_pool(runtime.store, name, values, runtime.clock()))
+    if "provider_config" in changes:
+        values["provider_config"] = await _sealed(
+            runtime, name, spec.provider_config, pool.provider_config
+        )
+    else:  # as stored (sealed already)
+        values["provider_config"] = pool.provider_config
+    return await pool_out(runtime, await update_pool(runtime.store, name, values, runtime.clock()))
 
 
 @router.delete("/api/v1/pools/{name}", status_code=204)

@@ -18,6 +18,8 @@ One step per pool:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -37,8 +39,10 @@ from conveyor.core.scaling import (
     decide,
     parse_policy,
 )
+from conveyor.credentials.service import CredentialVault
 from conveyor.providers import AgentLaunch, Provider, acquire_agent_token, make_provider
 from conveyor.providers.base import revoke_agent_token
+from conveyor.providers.secrets import resolve_config
 from conveyor.store import Store
 from conveyor.store.pools import (
     PoolAgent,
@@ -76,6 +80,7 @@ class Autoscaler:
         launch_timeout: float = DEFAULT_LAUNCH_TIMEOUT,
         on_decision: Callable[[ScalingDecisionRecord], Any] | None = None,
         provider_factory: Callable[[PoolRecord], Provider] | None = None,
+        credentials: CredentialVault | None = None,
     ) -> None:
         self.store = store
         self.lease = lease
@@ -87,18 +92,38 @@ class Autoscaler:
         self.launch_timeout = launch_timeout
         #: Hook for the audit log (see docs/scaling.md); called with every stored decision.
         self.on_decision = on_decision
-        self.provider_factory = provider_factory or (
-            lambda pool: make_provider(pool.provider, pool.provider_config, self.home)
-        )
+        #: Decrypts the provider configs' secrets (providers/secrets.py).
+        self.credentials = credentials
+        self.provider_factory = provider_factory
         self.providers: dict[str, tuple[str, Provider]] = {}
         self._last_kind: dict[str, tuple[str, int, int]] = {}
 
-    def provider_for(self, pool: PoolRecord) -> Provider:
-        """One provider per pool, rebuilt when the pool's provider settings change."""
-        key = repr((pool.provider, sorted(pool.provider_config.items())))
+    async def provider_for(self, pool: PoolRecord) -> Provider:
+        """One provider per pool, rebuilt when the pool's provider settings change or a
+        credential it references is replaced. Its secrets are resolved here (sealed
+        values decrypted, references read through the vault) and live only in memory."""
+        factory = self.provider_factory
+        if factory is not None:  # tests hand in their own provider
+            key = repr((pool.provider, sorted(pool.provider_config.items())))
+
+            def build() -> Provider:
+                return factory(pool)
+
+        else:
+            config = await resolve_config(self.credentials, pool.name, pool.provider_config)
+            # A digest, not the config: the key must not keep secrets around as text.
+            key = hashlib.sha256(
+                json.dumps([pool.provider, config], sort_keys=True, default=str).encode()
+            ).hexdigest()
+
+            def build() -> Provider:
+                return make_provider(pool.provider, config, self.home)
+
         cached = self.providers.get(pool.name)
         if cached is None or cached[0] != key:
-            self.providers[pool.name] = (key, self.provider_factory(pool))
+            if cached is not None:
+                await _close_quietly(cached[1])
+            self.providers[pool.name] = (key, build())
         return self.providers[pool.name][1]
 
     async def run_once(self) -> list[ScalingDecisionRecord]:
@@ -126,7 +151,7 @@ class Autoscaler:
             return None
         # A paused former leader must not start or stop agents: check the epoch first.
         await check_leader(self.store, fence, now)
-        provider = self.provider_for(pool)
+        provider = await self.provider_for(pool)
         instances = await list_instances(self.store, pool.name)
         registered = {a.name: a for a in await pool_agents(self.store, pool.name)}
         instances = await self._reconcile(pool, provider, instances, registered)
@@ -299,6 +324,13 @@ def _view(agent: PoolAgent, now: Any) -> AgentView:
         cpu_percent=agent.cpu_percent,
         memory_percent=agent.memory_percent,
     )
+
+
+async def _close_quietly(provider: Provider) -> None:
+    try:
+        await provider.close()
+    except Exception:
+        log.exception("autoscaler.provider_close_failed")
 
 
 async def _maybe_await(value: Any) -> None:

@@ -167,6 +167,8 @@ class Decision:
     reason: str
     state: ScalingState
     period: str | None = None
+    #: Queued builds this pool serves (any wait): recorded for the pool's chart.
+    waiting: int = 0
 
     @property
     def changed(self) -> bool:
@@ -414,6 +416,7 @@ def decide(
     current = len(active) + pool.pending
     # Drained agents with nothing left to run: stopping them interrupts nothing.
     finished_draining = tuple(a.id for a in pool.agents if a.draining and a.busy == 0)
+    waiting = sum(1 for b in queue if _serves(pool.labels, b.label_expression))
 
     def make(
         target: int,
@@ -440,6 +443,7 @@ def decide(
             reason=reason,
             state=new_state,
             period=period,
+            waiting=waiting,
         )
 
     # Bounds first: they are not subject to cooldowns.

@@ -1,4 +1,5 @@
-"""Key rotation: re-encrypt every credential with a new key in ONE transaction.
+"""Key rotation: re-encrypt every credential, and every provider secret sealed in a
+pool's provider config, with a new key in ONE transaction.
 
 Run by ``conveyor admin rotate-key`` straight against the database (like a
 migration). A row already sealed with the new key (a rotation run again) is
@@ -9,14 +10,18 @@ transaction rolls back: nothing changes.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from conveyor.credentials.keys import DecryptError, SecretKey
 from conveyor.credentials.service import context_of
+from conveyor.providers.secrets import ProviderSecretError, reseal_config
 from conveyor.store import Store, open_store
 from conveyor.store.credentials import CredentialRecord, list_credentials, reencrypt_all
 from conveyor.store.migrate import upgrade
+from conveyor.store.pools import rewrite_provider_configs
 
 __all__ = ["RotationError", "rotate", "rotate_store"]
 
@@ -49,7 +54,17 @@ async def rotate_store(
             progress.advance(task)
         return new.encrypt(plaintext, context)
 
-    return await reencrypt_all(store, transform, new.key_id)
+    def reseal(pool: str, config: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return reseal_config(pool, config, {old.key_id: old, new.key_id: new}, new)
+        except ProviderSecretError as exc:
+            raise RotationError(str(exc)) from None
+
+    async def reseal_pools(conn: AsyncConnection) -> None:
+        # Pools' provider secrets are sealed with the same key (providers/secrets.py).
+        await rewrite_provider_configs(conn, reseal)
+
+    return await reencrypt_all(store, transform, new.key_id, also=reseal_pools)
 
 
 def rotate(database_url: str, old: SecretKey, new: SecretKey) -> int:

@@ -1,25 +1,32 @@
 """The ``kubernetes`` provider: one Pod per agent, from a pod template in the pool's
-provider config, through the Kubernetes REST API (httpx).
+provider config, through the Kubernetes API with lightkube (a well-kept, typed,
+async client; httpx2-based).
 
-Why not the official ``kubernetes`` client: its current releases (37.x) require
-python-dateutil>=3, which botocore (our S3 blob store) forbids, and the three calls
-we need (create, list by label, delete a Pod) are plain REST. Tested against a fake
-API server (no cluster runs where Conveyor's tests run): see docs/scaling.md.
+Why lightkube and not the official ``kubernetes`` client: the official client's
+current releases (37.x) require python-dateutil>=3, which botocore (our S3 blob store)
+forbids; lightkube depends on neither. Tested against a fake API server over real
+HTTP on 127.0.0.1 (no cluster runs where Conveyor's tests run): see docs/scaling.md.
 
 Config: ``api_url`` (default: in-cluster ``https://kubernetes.default.svc``),
-``namespace``, ``token`` or ``token_file`` (default: the service account's),
-``ca_file`` / ``verify``, ``image``, and an optional ``pod_template`` (a Pod manifest;
-its first container runs the agent)."""
+``namespace``, ``token`` (or ``token_credential``: a credentials-store id, see
+providers/secrets.py) or ``token_file`` (default: the service account's; re-read
+when the API server answers 401, as projected tokens are rotated), ``ca_file`` /
+``verify``, ``image``, and an optional ``pod_template`` (a Pod manifest; its first
+container runs the agent)."""
 
 from __future__ import annotations
 
 import copy
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import httpx
+import httpx2
 import structlog
+from lightkube import AsyncClient, KubeConfig
+from lightkube.config.models import Cluster, User
+from lightkube.core.exceptions import ApiError
+from lightkube.resources.core_v1 import Pod
 
 from conveyor.errors import InvalidInput
 from conveyor.providers.base import AgentLaunch, Provider
@@ -73,35 +80,43 @@ class KubernetesProvider(Provider):
         self.image = config.get("image")
         if not self.image and not _first_container(template).get("image"):
             raise InvalidInput("kubernetes provider: 'image' or a pod_template image is required")
-        self._http: httpx.AsyncClient | None = None
+        self._kube: AsyncClient | None = None
 
-    def _bearer(self) -> str | None:
+    def kubeconfig(self) -> KubeConfig:
+        """A kubeconfig for lightkube, generated from the provider config (nothing is
+        written to disk; the token stays in memory)."""
         if self.token:
-            return str(self.token)
-        path = Path(self.token_file) if self.token_file else SERVICE_ACCOUNT / "token"
-        # Read each time: projected service-account tokens are rotated on disk.
-        return path.read_text().strip() if path.exists() else None
+            user = User(token=str(self.token))
+        else:
+            path = Path(self.token_file) if self.token_file else SERVICE_ACCOUNT / "token"
+            # lightkube re-reads the file when the server answers 401 (rotated tokens).
+            user = User(token_file=str(path)) if path.exists() or self.token_file else User()
+        cluster = Cluster(
+            server=self.api_url,
+            certificate_auth=self.verify if isinstance(self.verify, str) else None,
+            insecure=self.verify is False,
+        )
+        return KubeConfig.from_one(cluster=cluster, user=user, namespace=self.namespace)
 
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            self._http = httpx.AsyncClient(base_url=self.api_url, verify=self.verify, timeout=30)
-        return self._http
-
-    async def _request(self, method: str, path: str, **kw: Any) -> Any:
-        bearer = self._bearer()
-        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
-        response = await self._client().request(method, path, headers=headers, **kw)
-        if response.status_code == 404 and method == "DELETE":
-            return {}
-        if response.status_code >= 400:
-            raise KubernetesError(f"{method} {path}: {response.status_code} {response.text[:500]}")
-        return response.json()
+    def _client(self) -> AsyncClient:
+        if self._kube is None:
+            # trust_env=False: the cluster's address and CA come from this config only,
+            # never from HTTP(S)_PROXY or SSL_CERT_FILE meant for other traffic.
+            self._kube = AsyncClient(
+                config=self.kubeconfig(),
+                namespace=self.namespace,
+                timeout=httpx2.Timeout(30.0),
+                trust_env=False,
+                field_manager="conveyor",
+            )
+        return self._kube
 
     def manifest(self, launch: AgentLaunch) -> dict[str, Any]:
         pod = copy.deepcopy(self.template) or {}
         pod["apiVersion"], pod["kind"] = "v1", "Pod"
         meta = pod.setdefault("metadata", {})
         meta["name"] = pod_name(launch.agent_name)
+        meta["namespace"] = self.namespace  # the provider's, whatever the template says
         meta.setdefault("labels", {}).update(
             {POOL_LABEL: pod_name(launch.pool), AGENT_LABEL: pod_name(launch.agent_name)}
         )
@@ -122,38 +137,50 @@ class KubernetesProvider(Provider):
         return pod
 
     async def create(self, launch: AgentLaunch) -> str:
-        pod = self.manifest(launch)
-        created = await self._request("POST", f"/api/v1/namespaces/{self.namespace}/pods", json=pod)
-        name = str(created["metadata"]["name"])
+        pod = cast(Pod, Pod.from_dict(self.manifest(launch)))
+        try:
+            created = await self._client().create(pod)
+        except ApiError as exc:
+            raise _error("create pod", exc) from None
+        name = str(created.metadata.name if created.metadata else pod_name(launch.agent_name))
         log.info("provider.kubernetes.started", pool=launch.pool, pod=name)
         return name
 
     async def delete(self, pool: str, instance: str) -> None:
-        await self._request(
-            "DELETE",
-            f"/api/v1/namespaces/{self.namespace}/pods/{instance}",
-            params={"gracePeriodSeconds": GRACE_SECONDS},
-        )
+        try:
+            await self._client().delete(
+                Pod, instance, namespace=self.namespace, grace_period=GRACE_SECONDS
+            )
+        except ApiError as exc:
+            if exc.status.code != 404:  # gone already: nothing to stop
+                raise _error(f"delete pod {instance}", exc) from None
         log.info("provider.kubernetes.stopped", pool=pool, pod=instance)
 
     async def list(self, pool: str, known: dict[str, str]) -> set[str]:
-        answer = await self._request(
-            "GET",
-            f"/api/v1/namespaces/{self.namespace}/pods",
-            params={"labelSelector": f"{POOL_LABEL}={pod_name(pool)}"},
-        )
-        return {
-            str(item["metadata"]["name"])
-            for item in answer.get("items", [])
-            # A finished pod (an ephemeral agent after its build) is gone for us.
-            if (item.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-            and not (item.get("metadata") or {}).get("deletionTimestamp")
-        }
+        alive = set()
+        try:
+            async for pod in self._client().list(
+                Pod, namespace=self.namespace, labels={POOL_LABEL: pod_name(pool)}
+            ):
+                meta, status = pod.metadata, pod.status
+                if meta is None or meta.name is None or meta.deletionTimestamp is not None:
+                    continue
+                # A finished pod (an ephemeral agent after its build) is gone for us.
+                if status is not None and status.phase in ("Succeeded", "Failed"):
+                    continue
+                alive.add(meta.name)
+        except ApiError as exc:
+            raise _error("list pods", exc) from None
+        return alive
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        if self._kube is not None:
+            await self._kube.close()
+            self._kube = None
+
+
+def _error(what: str, exc: ApiError) -> KubernetesError:
+    return KubernetesError(f"{what}: {exc.status.code} {str(exc.status.message)[:500]}")
 
 
 def _first_container(template: dict[str, Any]) -> dict[str, Any]:

@@ -128,6 +128,8 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/ui/builds/{build_id}"): need(P.JOB_READ, "build"),
     ("GET", "/ui/builds/{build_id}/log-window"): need(P.JOB_READ, "build"),
     ("GET", "/ui/agents"): need(P.AGENT_READ),
+    ("GET", "/ui/pools"): need(P.AGENT_READ),
+    ("GET", "/ui/pools/{name}"): need(P.AGENT_READ),
     ("GET", "/ui/cluster"): need(P.CLUSTER_READ),
     # Jenkins-compatible API (conveyor.jenkins): any signed-in user reaches it; each
     # handler checks the permission on the job it resolves from the /job/A/job/B path.

@@ -9,7 +9,7 @@ except for :func:`reencrypt_all`, which re-encrypts every row in ONE transaction
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Column, String, Table, Text, delete, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from conveyor.errors import Conflict, NotFound
 from conveyor.store.schema import metadata
@@ -172,10 +173,13 @@ async def reencrypt_all(
     store: Store,
     transform: Callable[[CredentialRecord], str],
     new_key_id: str,
+    also: Callable[[AsyncConnection], Awaitable[Any]] | None = None,
 ) -> int:
     """Replace every credential's ciphertext by ``transform(record)`` (decrypt with
     the old key, encrypt with the new one) in ONE write transaction: if any row
-    fails, nothing changes. Returns the number of rows re-encrypted."""
+    fails, nothing changes. ``also`` runs in the same transaction (other values
+    sealed with the key: pools' provider secrets). Returns the number of rows
+    re-encrypted."""
     async with store.write() as conn:
         rows = [_record(r) for r in (await conn.execute(select(credentials))).all()]
         for record in rows:
@@ -184,4 +188,6 @@ async def reencrypt_all(
                 .where(credentials.c.id == record.id)
                 .values(secret=transform(record), key_id=new_key_id)
             )
+        if also is not None:
+            await also(conn)
     return len(rows)

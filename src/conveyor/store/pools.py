@@ -15,6 +15,7 @@ Agents carry their pool in the ``agents.pool`` column (and ``agents.ephemeral``)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from conveyor.core.scaling import Decision, ScalingState
 from conveyor.errors import Conflict, NotFound
@@ -63,6 +65,7 @@ __all__ = [
     "queued_builds",
     "record_decision",
     "remove_instance",
+    "rewrite_provider_configs",
     "scaling_decisions",
     "set_agent_pool",
     "update_pool",
@@ -115,6 +118,8 @@ scaling_decisions = Table(
     Column("drained", JSON, nullable=False),  # agent names drained
     Column("period", String(200), nullable=True),
     Column("controller", String(200), nullable=True),
+    # Queued builds the pool served at the decision (migration 0017; None before it).
+    Column("waiting", Integer, nullable=True),
     Index("ix_scaling_decisions_pool_id", "pool", "id"),
 )
 
@@ -187,6 +192,8 @@ class ScalingDecisionRecord:
     drained: list[str]
     period: str | None
     controller: str | None
+    #: Queued builds the pool served when it decided (None: recorded before 0017).
+    waiting: int | None = None
 
 
 def _pool(row: Row[Any]) -> PoolRecord:
@@ -237,6 +244,7 @@ def _decision(row: Row[Any]) -> ScalingDecisionRecord:
         drained=list(m["drained"] or []),
         period=m["period"],
         controller=m["controller"],
+        waiting=m["waiting"],
     )
 
 
@@ -294,6 +302,23 @@ async def delete_pool(store: Store, name: str) -> None:
         if result.rowcount == 0:
             raise NotFound(f"pool {name!r} not found")
         await conn.execute(update(agents).where(agents.c.pool == name).values(pool=None))
+
+
+async def rewrite_provider_configs(
+    conn: AsyncConnection, transform: Callable[[str, dict[str, Any]], dict[str, Any]]
+) -> int:
+    """Within the caller's write transaction, replace each pool's provider config by
+    ``transform(name, config)`` where it changes (a key rotation re-sealing provider
+    secrets). Returns how many pools changed."""
+    changed = 0
+    for name, config in (await conn.execute(select(pools.c.name, pools.c.provider_config))).all():
+        new = transform(name, dict(config or {}))
+        if new != config:
+            await conn.execute(
+                update(pools).where(pools.c.name == name).values(provider_config=new)
+            )
+            changed += 1
+    return changed
 
 
 async def check_leader(store: Store, fence: Fence, now: datetime) -> None:
@@ -479,6 +504,7 @@ async def record_decision(
                 drained=drained,
                 period=decision.period,
                 controller=controller,
+                waiting=decision.waiting,
             )
             .returning(scaling_decisions.c.id)
         )

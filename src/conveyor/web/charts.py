@@ -8,12 +8,14 @@ so the figure behind each bar can be read by hovering or by a screen reader.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from html import escape
 
 from markupsafe import Markup
 
 from conveyor.core.states import BuildState
 from conveyor.store.dashboard import RecentBuild, TrendPoint
+from conveyor.store.pools import ScalingDecisionRecord
 
 STATE_CLASS = {
     BuildState.SUCCEEDED: "ok",
@@ -161,3 +163,93 @@ def figure(name: str, value: object) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
     return f"{value:,}"
+
+
+def pool_size_chart(
+    decisions: Sequence[ScalingDecisionRecord],
+    size_now: int,
+    now: datetime,
+    hours: int = 6,
+) -> Markup:
+    """A pool's size over the last ``hours``, as a step line drawn from its recorded
+    decisions (each moves the size from ``current`` to ``target`` at ``at``), with the
+    bounds in force (dashed: max), a dot per decision whose title is its reason, and
+    the builds waiting for the pool at each decision (a second step line, where the
+    decisions recorded it). ``decisions`` in any order; ``size_now`` ends the line."""
+    width, height, top, left = 480, 150, 12, 26
+    plot_h, plot_w = height - 34, width - left - 6
+    start = now - timedelta(hours=hours)
+    ordered = sorted(decisions, key=lambda d: (d.at, d.id))
+    before = [d for d in ordered if d.at < start]
+    shown = [d for d in ordered if start <= d.at <= now]
+    size = before[-1].target if before else (shown[0].current if shown else size_now)
+    waits = [(d.at, d.waiting) for d in shown if d.waiting is not None]
+    top_value = max(
+        [size, size_now, 1, *(d.target for d in shown), *(d.current for d in shown)]
+        + [d.max_size for d in [*before[-1:], *shown]]
+        + [w for _, w in waits]
+    )
+
+    def x(at: datetime) -> float:
+        return left + (at - start).total_seconds() / (hours * 3600) * plot_w
+
+    def y(value: float) -> float:
+        return top + plot_h - value / top_value * plot_h
+
+    points = [(x(start), y(size))]
+    bounds = [(x(start), y(before[-1].max_size))] if before else []
+    dots = []
+    for d in shown:
+        px = x(d.at)
+        points += [(px, points[-1][1]), (px, y(d.current)), (px, y(d.target))]
+        if bounds:
+            bounds.append((px, bounds[-1][1]))
+        bounds.append((px, y(d.max_size)))
+        tip = f"{d.at:%H:%M:%S} {d.reason}"
+        dots.append(
+            f'<circle class="dot" cx="{px:.1f}" cy="{y(d.target):.1f}" r="3">'
+            f"<title>{escape(tip)}</title></circle>"
+        )
+    points += [(x(now), points[-1][1]), (x(now), y(size_now))]
+    if bounds:
+        bounds.append((x(now), bounds[-1][1]))
+    marks = [
+        f'<line class="grid" x1="{left}" x2="{width}" y1="{y(top_value):.1f}" '
+        f'y2="{y(top_value):.1f}"/>',
+        f'<text class="axis" x="2" y="{y(top_value) + 4:.1f}">{top_value}</text>',
+        f'<text class="axis" x="2" y="{y(0):.1f}">0</text>',
+        f'<line class="grid" x1="{left}" x2="{width}" y1="{y(0):.1f}" y2="{y(0):.1f}"/>',
+    ]
+    if bounds:
+        coords = " ".join(f"{px:.1f},{py:.1f}" for px, py in bounds)
+        marks.append(f'<polyline class="bound" points="{coords}"><title>max</title></polyline>')
+    if waits:
+        steps: list[tuple[float, float]] = []
+        for at, count in waits:
+            if steps:
+                steps.append((x(at), steps[-1][1]))
+            steps.append((x(at), y(count)))
+        steps.append((x(now), steps[-1][1]))
+        coords = " ".join(f"{px:.1f},{py:.1f}" for px, py in steps)
+        most = max(w for _, w in waits)
+        marks.append(
+            f'<polyline class="waiting" points="{coords}">'
+            f"<title>builds waiting for the pool (up to {most})</title></polyline>"
+        )
+    coords = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+    marks.append(f'<polyline class="line" points="{coords}"/>')
+    marks.extend(dots)
+    for i in range(hours + 1):
+        if i % max(1, hours // 6) == 0:
+            at = start + timedelta(hours=i)
+            anchor = "start" if i == 0 else ("end" if i == hours else "middle")
+            marks.append(
+                f'<text class="axis" x="{x(at):.1f}" y="{height - 4}" '
+                f'text-anchor="{anchor}">{at:%H:%M}</text>'
+            )
+    waited = f", up to {max(w for _, w in waits)} builds waiting" if waits else ""
+    label = (
+        f"Pool size, last {hours} hours: {size_now} agents now, "
+        f"{len(shown)} scaling decisions{waited}, at most {top_value}"
+    )
+    return _frame(width, height, label, marks)
