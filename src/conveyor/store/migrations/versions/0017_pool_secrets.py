@@ -8,7 +8,7 @@ credentials key or referenced by credential id — lives inside the existing
 ``pools.provider_config`` JSON and needs no schema change.
 
 Revision ID: 0017_pool_secrets
-Revises: 0013
+Revises: 0016
 Create Date: 2026-12-04 22:40:00.000000
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0017_pool_secrets"
-down_revision = "0013"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
