@@ -7,7 +7,7 @@ recorded before). The other part of that work — provider secrets sealed with t
 credentials key or referenced by credential id — lives inside the existing
 ``pools.provider_config`` JSON and needs no schema change.
 
-Revision ID: 0017_pool_secrets
+Revision ID: 0017
 Revises: 0016
 Create Date: 2026-12-04 22:40:00.000000
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0017_pool_secrets"
+revision = "0017"
 down_revision = "0016"
 branch_labels = None
 depends_on = None
