@@ -82,6 +82,13 @@ def test_apply_from_repo_url_rollback_and_sync_on_webhook(
     applied = controller.cli("config", "apply", "--repo", repo.file_url, "--ref", "main")
     assert applied.returncode == 0, applied.stderr
     assert f"at {first[:12]}" in applied.stdout
+    # --credential names a stored credential the controller fetches with: an unknown one is
+    # refused by name; with a folder (read by the CLI, not fetched) it makes no sense.
+    unknown = controller.cli("config", "diff", "--repo", repo.file_url, "--credential", "no/such")
+    assert unknown.returncode == 2 and "no/such" in unknown.stderr, unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    misplaced = controller.cli("config", "apply", str(repo.work), "--credential", "x")
+    assert misplaced.returncode != 0 and "--credential goes with --repo" in misplaced.stderr
 
     # A push to the config repository, announced by a signed webhook, is applied.
     second = repo.commit({"jobs/svc.yml": job_yaml("svc", "two")}, "svc two")

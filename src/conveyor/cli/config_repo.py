@@ -26,6 +26,12 @@ RepoOpt = Annotated[
     str | None, typer.Option("--repo", help="config repository URL (the controller fetches it)")
 ]
 RefOpt = Annotated[str, typer.Option("--ref", help="branch of --repo")]
+CredentialOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--credential", help="id of the stored credential the controller fetches --repo with"
+    ),
+]
 _COLOURS = {"create": "green", "update": "yellow", "release": "magenta", "unchanged": "dim"}
 
 
@@ -65,11 +71,15 @@ def _read_folder(folder: Path) -> tuple[dict[str, str], str, str | None]:
     return files, source, commit
 
 
-def _body(folder: Path | None, repo: str | None, ref: str, dry_run: bool) -> dict[str, Any]:
+def _body(
+    folder: Path | None, repo: str | None, ref: str, dry_run: bool, credential: str | None = None
+) -> dict[str, Any]:
     if (folder is None) == (repo is None):
         fail("give a folder or --repo URL (one of them)")
+    if credential is not None and repo is None:
+        fail("--credential goes with --repo (a folder is read here, not fetched)")
     if repo is not None:
-        return {"repo": repo, "ref": ref, "dry_run": dry_run}
+        return {"repo": repo, "ref": ref, "dry_run": dry_run, "credential": credential}
     assert folder is not None
     files, source, commit = _read_folder(folder)
     return {"files": files, "source": source, "commit": commit, "dry_run": dry_run}
@@ -94,12 +104,13 @@ def apply(
     folder: Annotated[Path | None, typer.Argument(help="folder of YAML files")] = None,
     repo: RepoOpt = None,
     ref: RefOpt = "main",
+    credential: CredentialOpt = None,
     verbose: Annotated[bool, typer.Option("-v", help="list unchanged objects too")] = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Validate everything, then apply it all in one transaction (or nothing)."""
-    body = _body(folder, repo, ref, False)
+    body = _body(folder, repo, ref, False, credential)
     client = ApiClient.from_options(url, token)
     result = client.json("POST", "/api/v1/config/apply", json=body, timeout=300)
     _print_changes(result, verbose)
@@ -112,11 +123,12 @@ def diff(
     folder: Annotated[Path | None, typer.Argument(help="folder of YAML files")] = None,
     repo: RepoOpt = None,
     ref: RefOpt = "main",
+    credential: CredentialOpt = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Show what `apply` would change (exit status 1 if anything would)."""
-    body = _body(folder, repo, ref, True)
+    body = _body(folder, repo, ref, True, credential)
     client = ApiClient.from_options(url, token)
     result = client.json("POST", "/api/v1/config/apply", json=body, timeout=300)
     _print_changes(result, False)
