@@ -6,6 +6,7 @@ backup loops)."""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 from conveyor.controller.notifications import Notifier
 from conveyor.core.config_repo import load_config
 from conveyor.core.states import BuildState
+from conveyor.credentials.keys import SecretKey
 from conveyor.runtime import Runtime
 from conveyor.store import security as db
 from tests.conftest import FakeClock
@@ -234,6 +236,8 @@ async def test_an_apply_never_removes_the_last_admin_grant(
 async def test_a_pool_secret_never_goes_to_git_and_survives_an_apply(
     client: httpx.AsyncClient, runtime: Runtime
 ) -> None:
+    assert runtime.credentials is not None
+    runtime.credentials.key = SecretKey(secrets.token_bytes(32))  # inline secrets get sealed
     body = {
         "name": "k8s",
         "provider": "kubernetes",
@@ -242,20 +246,42 @@ async def test_a_pool_secret_never_goes_to_git_and_survives_an_apply(
     assert (await client.post("/api/v1/pools", json=body)).status_code == 201, body
     exported = (await client.get("/api/v1/config/export")).json()["files"]
     text = exported["pools/k8s.yml"]
-    assert "s3cr3t" not in text and "token: '***'" in text
-    # Applying the export keeps the stored token; a new max changes only the max.
+    assert "s3cr3t" not in text and "token: '***'" in text and "sealed" not in text
+    # Applying the export keeps the stored (sealed) token; a new max changes only the max.
+    from conveyor.providers.secrets import resolve_config
+    from conveyor.store.pools import get_pool
+
+    before = (await get_pool(runtime.store, "k8s")).provider_config["token"]
     files = {"pools/k8s.yml": text.replace("max: 4", "max: 3")}
     answer = await apply(client, files)
     assert answer.status_code == 200, answer.text
-    from conveyor.store.pools import get_pool
-
     pool = await get_pool(runtime.store, "k8s")
-    assert pool.provider_config["token"] == "s3cr3t" and pool.max_size == 3
-    # A secret written in a file is refused at its line.
+    assert pool.provider_config["token"] == before and pool.max_size == 3
+    resolved = await resolve_config(runtime.credentials, "k8s", pool.provider_config)
+    assert resolved["token"] == "s3cr3t"
+    # A secret written in a file is refused at its line, also deeper in the config.
     files = {"pools/k8s.yml": text.replace("token: '***'", "token: plain-text")}
     errors = (await apply(client, files)).json()["errors"]
     assert len(errors) == 1 and errors[0].startswith("pools/k8s.yml:")
     assert "a secret is never written in the config repository" in errors[0]
+    # A reference to the credentials store is what a file says instead (the same rules
+    # as the API's); an unknown credential is refused before anything changes.
+    referenced = text.replace("token: '***'", "token_credential: ci/k8s-token")
+    errors = (await apply(client, {"pools/k8s.yml": referenced})).json()["errors"]
+    assert errors and "unknown credential(s): ci/k8s-token" in errors[0], errors
+    created = await client.post(
+        "/api/v1/credentials", json={"id": "ci/k8s-token", "kind": "text", "value": "from-vault"}
+    )
+    assert created.status_code == 201, created.text
+    answer = await apply(client, {"pools/k8s.yml": referenced})
+    assert answer.status_code == 200, answer.text
+    pool = await get_pool(runtime.store, "k8s")
+    assert pool.provider_config.get("token_credential") == "ci/k8s-token"
+    assert "token" not in pool.provider_config
+    resolved = await resolve_config(runtime.credentials, "k8s", pool.provider_config)
+    assert resolved["token"] == "from-vault"
+    again = (await client.get("/api/v1/config/export")).json()["files"]["pools/k8s.yml"]
+    assert again == referenced
 
 
 async def test_a_stored_notifier_sends_and_the_file_wins_no_clash(

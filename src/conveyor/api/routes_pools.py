@@ -156,20 +156,6 @@ async def _sealed(
     return sealed
 
 
-def _values(spec: PoolSpec) -> dict[str, Any]:
-    return {
-        "name": spec.name,
-        "labels": list(spec.labels),
-        "min_size": spec.min_size,
-        "max_size": spec.max_size,
-        "executors": spec.executors,
-        "provider": spec.provider,
-        "provider_config": spec.provider_config,
-        "policy": spec.policy,
-        "ephemeral": spec.ephemeral,
-    }
-
-
 async def pool_out(runtime: Any, pool: PoolRecord) -> PoolOut:
     out = PoolOut.of(pool)
     members = [a for a in await runtime.store.list_agents() if a.pool == pool.name and a.online]
@@ -192,7 +178,7 @@ async def pools_list(runtime: RuntimeDep, _: CallerDep) -> list[PoolOut]:
 @router.post("/api/v1/pools", status_code=201)
 async def pools_create(body: PoolIn, runtime: RuntimeDep, _: CallerDep) -> PoolOut:
     spec = _spec(body.model_dump(), runtime)
-    values = _values(spec)
+    values = spec.values()
     values["provider_config"] = await _sealed(runtime, spec.name, spec.provider_config)
     pool = await create_pool(runtime.store, values, runtime.clock())
     return await pool_out(runtime, pool)
@@ -224,7 +210,7 @@ async def pools_update(name: str, body: PoolPatch, runtime: RuntimeDep, _: Calle
             if key in changes["policy"] and key not in changes:
                 changes[key] = changes["policy"].pop(key)
     spec = _spec({**current, **changes}, runtime)
-    values = _values(spec)
+    values = spec.values()
     del values["name"]
     if "provider_config" in changes:
         values["provider_config"] = await _sealed(

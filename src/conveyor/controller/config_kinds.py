@@ -16,8 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from conveyor.controller.config_apply import KIND_STORES, ApplyContext, ApplyEnv, KindStore
 from conveyor.core.config_kinds import (
-    REDACTED,
-    is_secret_key,
     render_grants,
     render_notifier,
     render_pool,
@@ -26,6 +24,8 @@ from conveyor.core.config_kinds import (
 from conveyor.core.config_repo import ConfigIssue, Desired
 from conveyor.core.permissions import GLOBAL, Role
 from conveyor.errors import InvalidInput
+from conveyor.providers.secrets import placeholders, references, seal_config
+from conveyor.store.credentials import credentials
 from conveyor.store.pools import pools
 from conveyor.store.schema import config_managed, instance_settings, notifiers
 from conveyor.store.security import audit_events, user_grants, users
@@ -104,12 +104,14 @@ async def _stored_configs(conn: AsyncConnection, names: list[str]) -> dict[str, 
     return {r.name: dict(r.provider_config or {}) for r in rows}
 
 
-def _with_secrets(config: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
-    """``***`` (what an export writes for a secret) keeps the stored value."""
-    return {
-        k: (stored or {}).get(k) if v == REDACTED and is_secret_key(k) else v
-        for k, v in config.items()
-    }
+def _with_secrets(
+    name: str, config: dict[str, Any], stored: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What to store: ``***`` (what an export writes for a secret) keeps the stored
+    (sealed) value at the same path; references stay references. Inline secrets never
+    get here (refused when the file is read). InvalidInput when ``***`` has nothing
+    stored behind it or a sealed value was copied into the file."""
+    return seal_config(None, name, config, stored)
 
 
 async def _pools_check(
@@ -122,37 +124,42 @@ async def _pools_check(
     for item in items:
         values: dict[str, Any] = dict(item.fields["values"])  # type: ignore[call-overload]
         config = dict(values["provider_config"])
-        old = stored.get(item.name, {})
-        missing = [k for k, v in config.items() if v == REDACTED and not old.get(k)]
-        if missing:
-            issues.append(
-                ConfigIssue(
-                    item.file,
-                    int(item.fields["provider_line"]),  # type: ignore[call-overload]
-                    f"provider_config.{missing[0]}: {REDACTED!r} keeps the stored secret, but "
-                    f"pool {item.name!r} has none: set it through the API first",
-                )
-            )
+        line = int(item.fields["provider_line"])  # type: ignore[call-overload]
+        try:
+            kept = _with_secrets(item.name, config, stored.get(item.name))
+        except InvalidInput as exc:
+            issues.append(ConfigIssue(item.file, line, f"{exc} (pool {item.name!r})"))
             continue
+        refs = sorted(set(references(kept).values()))
+        if refs:
+            known = set(
+                (
+                    await conn.execute(select(credentials.c.id).where(credentials.c.id.in_(refs)))
+                ).scalars()
+            )
+            missing = [r for r in refs if r not in known]
+            if missing:
+                issues.append(
+                    ConfigIssue(
+                        item.file,
+                        line,
+                        "provider_config references unknown credential(s): " + ", ".join(missing),
+                    )
+                )
+                continue
         if env.home is None:
             continue
         try:
-            make_provider(values["provider"], _with_secrets(config, old), env.home)
+            make_provider(values["provider"], placeholders(kept), env.home)
         except (InvalidInput, ValueError) as exc:
-            issues.append(
-                ConfigIssue(
-                    item.file,
-                    int(item.fields["provider_line"]),  # type: ignore[call-overload]
-                    f"provider {values['provider']}: {exc}",
-                )
-            )
+            issues.append(ConfigIssue(item.file, line, f"provider {values['provider']}: {exc}"))
     return issues
 
 
 async def _pool_write(conn: AsyncConnection, item: Desired, ctx: ApplyContext) -> None:
     values: dict[str, Any] = dict(item.fields["values"])  # type: ignore[call-overload]
     stored = (await _stored_configs(conn, [item.name])).get(item.name)
-    values["provider_config"] = _with_secrets(dict(values["provider_config"]), stored)
+    values["provider_config"] = _with_secrets(item.name, dict(values["provider_config"]), stored)
     del values["name"]
     await _upsert(conn, pools, pools.c.name, item.name, values, ctx.now)
     await _claim(conn, item, ctx)

@@ -40,30 +40,21 @@ from conveyor.core.config_repo import (
 )
 from conveyor.core.notifications import NotifierConfig, Rule
 from conveyor.core.permissions import Role, valid_pattern
-from conveyor.core.scaling import PolicyError, parse_pool_document
+from conveyor.core.provider_secrets import REDACTED, inline_secrets, redacted
+from conveyor.core.scaling import POOL_FIELDS, PolicyError, parse_pool_document
 
 __all__ = [
     "REDACTED",
     "SCHEDULE_FIELDS",
-    "SECRET_KEYS",
-    "is_secret_key",
     "render_grants",
     "render_notifier",
     "render_pool",
     "render_schedule",
 ]
 
-#: What an export writes for a secret in a pool's provider_config; an apply keeps the
-#: stored value for it (secrets are set through the API, never in Git).
-REDACTED = "***"
-SECRET_KEYS = ("token", "password", "secret")
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
 
 Loc = tuple[str | int, ...]
-
-
-def is_secret_key(key: str) -> bool:
-    return any(s in key.lower() for s in SECRET_KEYS)
 
 
 def _line_of(root: yaml.Node | None, loc: Loc) -> int:
@@ -148,27 +139,14 @@ def _pydantic_issues(
 
 # ------------------------------------------------------------------------ pools
 
-_POOL_KEYS = (
-    "name",
-    "labels",
-    "min",
-    "max",
-    "executors",
-    "provider",
-    "provider_config",
-    "policy",
-    "ephemeral",
-)
-
 
 def render_pool(values: Mapping[str, Any]) -> str:
     """A pool in canonical form; ``values`` as the pools table holds them (name,
     labels, min_size, max_size, executors, provider, provider_config, policy,
-    ephemeral). Secrets in provider_config are written as ``***``."""
-    config = {
-        k: (REDACTED if is_secret_key(str(k)) and v else v)
-        for k, v in dict(values["provider_config"] or {}).items()
-    }
+    ephemeral). Secrets in provider_config are written as ``***`` (an apply keeps the
+    stored value for it: secrets are set through the API, never in Git); credential
+    references as they are."""
+    config = redacted(dict(values["provider_config"] or {}))
     return _dump(
         {
             "name": values["name"],
@@ -189,7 +167,7 @@ def _pool_error_line(root: yaml.Node, data: Mapping[str, Any], message: str) -> 
     words = set(re.findall(r"[a-z_]+", message.lower()))
     if "pool name" in message:
         return _line_of(root, ("name",))
-    for key in ("policy", *_POOL_KEYS, *map(str, data)):
+    for key in ("policy", *POOL_FIELDS, *map(str, data)):
         if key in words and key in data:
             return _line_of(root, (key,))
     policy = data.get("policy")
@@ -226,18 +204,17 @@ def _parse_pool(file: str, text: str) -> Desired:
     issues: list[ConfigIssue] = []
     config = data.get("provider_config")
     if isinstance(config, dict):
-        for key, value in config.items():
-            if is_secret_key(str(key)) and value not in (REDACTED, None, ""):
-                issues.append(
-                    ConfigIssue(
-                        file,
-                        _line_of(root, ("provider_config", str(key))),
-                        f"provider_config.{key}: a secret is never written in the config "
-                        f"repository: set it with `conveyor pool set` or the API (an export "
-                        f"writes {REDACTED!r} for it, which keeps the stored value), or use "
-                        "a file the controller reads (e.g. token_file)",
-                    )
+        for path in inline_secrets(config):
+            issues.append(
+                ConfigIssue(
+                    file,
+                    _line_of(root, ("provider_config", *path.split("."))),
+                    f"provider_config.{path}: a secret is never written in the config "
+                    f"repository: store it as a credential and reference it "
+                    f"(NAME_credential: ID, or {{credential: ID}}), or set it through the API "
+                    f"(an export writes {REDACTED!r} for it, which keeps the stored value)",
                 )
+            )
     if issues:
         raise ConfigError(issues)
     try:
@@ -247,17 +224,7 @@ def _parse_pool(file: str, text: str) -> Desired:
             [ConfigIssue(file, _pool_error_line(root, data, str(exc)), str(exc))]
         ) from None
     _check_name(file, "pools", spec.name, _line_of(root, ("name",)))
-    values = {
-        "name": spec.name,
-        "labels": list(spec.labels),
-        "min_size": spec.min_size,
-        "max_size": spec.max_size,
-        "executors": spec.executors,
-        "provider": spec.provider,
-        "provider_config": spec.provider_config,
-        "policy": spec.policy,
-        "ephemeral": spec.ephemeral,
-    }
+    values = spec.values()
     return Desired(
         "pool",
         spec.name,

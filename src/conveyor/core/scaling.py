@@ -510,6 +510,18 @@ def decide(
 
 POOL_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,49}$"
 PROVIDER_KINDS = ("local", "command", "docker", "kubernetes")
+#: The fields of a pool document (YAML file, API body), in their canonical order.
+POOL_FIELDS = (
+    "name",
+    "labels",
+    "min",
+    "max",
+    "executors",
+    "provider",
+    "provider_config",
+    "policy",
+    "ephemeral",
+)
 
 
 @dataclass(frozen=True)
@@ -529,6 +541,20 @@ class PoolSpec:
     def scaling_policy(self) -> ScalingPolicy:
         return parse_policy({**self.policy, "min": self.min_size, "max": self.max_size})
 
+    def values(self) -> dict[str, Any]:
+        """The pool as the store keeps it (column names)."""
+        return {
+            "name": self.name,
+            "labels": list(self.labels),
+            "min_size": self.min_size,
+            "max_size": self.max_size,
+            "executors": self.executors,
+            "provider": self.provider,
+            "provider_config": self.provider_config,
+            "policy": self.policy,
+            "ephemeral": self.ephemeral,
+        }
+
 
 def parse_pool_document(document: Any) -> PoolSpec:
     """A :class:`PoolSpec` from its YAML/JSON form (docs/scaling.md); PolicyError
@@ -539,17 +565,7 @@ def parse_pool_document(document: Any) -> PoolSpec:
 
     if not isinstance(document, dict):
         raise PolicyError("a pool is a mapping (name, labels, min, max, provider, policy…)")
-    allowed = {
-        "name",
-        "labels",
-        "min",
-        "max",
-        "executors",
-        "provider",
-        "provider_config",
-        "policy",
-        "ephemeral",
-    }
+    allowed = set(POOL_FIELDS)
     unknown = set(document) - allowed
     if unknown:
         raise PolicyError(f"unknown pool field(s): {', '.join(sorted(unknown))}")

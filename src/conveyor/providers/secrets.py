@@ -22,10 +22,21 @@ stored as given.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
+from conveyor.core.provider_secrets import (
+    REDACTED,
+    REF_SUFFIX,
+    SEALED,
+    VERBATIM,
+    looks_secret,
+    redacted,
+)
+from conveyor.core.provider_secrets import is_reference as _is_reference
+from conveyor.core.provider_secrets import is_sealed as _is_sealed
+from conveyor.core.provider_secrets import previous as _previous
+from conveyor.core.provider_secrets import walk as _walk
 from conveyor.credentials.keys import DecryptError, SecretKey
 from conveyor.credentials.service import NO_KEY, CredentialsNotConfigured, CredentialVault
 from conveyor.errors import InvalidInput
@@ -37,68 +48,18 @@ __all__ = [
     "ProviderSecretError",
     "looks_secret",
     "placeholders",
+    "redacted",
     "resolve_config",
     "seal_config",
 ]
-
-SEALED = "$sealed"
-REDACTED = "***"
-REF_SUFFIX = "_credential"
-#: Field names whose string values are secrets (checked case-insensitively).
-_SECRET_NAME = re.compile(r"token|passw|pass$|^pass|secret|key|credential|auth", re.I)
-#: Fields that name where a secret is, not the secret.
-_NOT_SECRET = re.compile(r"(_file|_path|_credential|_url)$", re.I)
-#: Subtrees stored as given (a Kubernetes manifest references Secrets by name).
-_VERBATIM = {"pod_template"}
 
 
 class ProviderSecretError(InvalidInput):
     """A provider config whose secrets cannot be resolved (unknown credential...)."""
 
 
-def looks_secret(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name)) and not _NOT_SECRET.search(name)
-
-
 def _context(pool: str, path: str) -> bytes:
     return f"conveyor-pool-secret\0{pool}\0{path}".encode()
-
-
-def _is_sealed(value: Any) -> bool:
-    return isinstance(value, dict) and SEALED in value
-
-
-def _is_reference(value: Any) -> bool:
-    return isinstance(value, dict) and set(value) == {"credential"}
-
-
-def _walk(
-    config: dict[str, Any],
-    on_value: Callable[[str, str, Any], Any],
-    path: str = "",
-) -> dict[str, Any]:
-    """A copy of ``config`` where every value at a key (not under a verbatim subtree)
-    went through ``on_value(path, key, value)``; mappings that are neither sealed
-    values nor references are walked into."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        here = f"{path}.{key}" if path else str(key)
-        if not path and key in _VERBATIM:
-            out[key] = value
-        elif isinstance(value, dict) and not _is_sealed(value) and not _is_reference(value):
-            out[key] = _walk(value, on_value, here)
-        else:
-            out[key] = on_value(here, str(key), value)
-    return out
-
-
-def _previous(config: dict[str, Any] | None, path: str) -> Any:
-    node: Any = config or {}
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def seal_config(
@@ -155,7 +116,7 @@ def _check_no_doubles(config: dict[str, Any], path: str = "") -> None:
             raise InvalidInput(
                 f"provider_config.{here}: give {key[: -len(REF_SUFFIX)]} or {key}, not both"
             )
-        if isinstance(value, dict) and not (path == "" and key in _VERBATIM):
+        if isinstance(value, dict) and not (path == "" and key in VERBATIM):
             _check_no_doubles(value, here)
 
 
@@ -271,7 +232,7 @@ def _rename_references(
     out: dict[str, Any] = {}
     for key, value in resolved.items():
         here = f"{path}.{key}" if path else str(key)
-        if path == "" and key in _VERBATIM:
+        if path == "" and key in VERBATIM:
             out[key] = value
         elif key.endswith(REF_SUFFIX) and isinstance(original.get(key), str):
             out[key[: -len(REF_SUFFIX)]] = dereference(here, str(original[key]))
@@ -307,20 +268,3 @@ def reseal_config(
         return {SEALED: new.encrypt(plaintext, _context(pool, path)), "key_id": new.key_id}
 
     return _walk(config, again)
-
-
-def redacted(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` for API answers and pages: sealed values, and secret-looking fields
-    still in clear (stored before sealing existed), as ``***``; references (credential
-    ids) and ``pod_template`` as stored."""
-
-    def hide(path: str, key: str, value: Any) -> Any:
-        if _is_sealed(value):
-            return REDACTED
-        if _is_reference(value) or key.endswith(REF_SUFFIX):
-            return value
-        if isinstance(value, str) and value and looks_secret(key):
-            return REDACTED
-        return value
-
-    return _walk(config, hide)
