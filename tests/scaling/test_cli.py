@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -32,11 +34,14 @@ def cli(c: Controller, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_pool_commands(controller: Controller, tmp_path: Path) -> None:
+    # A period that is not in effect while the test runs (twelve hours from now in its
+    # zone), so that `pool set --min 1` decides the size, whatever the time of day.
+    off_hour = (datetime.now(ZoneInfo("Europe/Berlin")).hour + 12) % 24
     pool_file = tmp_path / "pool.yml"
     pool_file.write_text(
         "name: builders\nlabels: [linux, docker]\nmin: 0\nmax: 0\nexecutors: 2\n"
         "provider: local\npolicy:\n  scale_up_wait_seconds: 15\n  periods:\n"
-        "    - {name: nights, cron: '* 0-6 * * *', timezone: Europe/Berlin, min: 0}\n"
+        f"    - {{name: nights, cron: '* {off_hour} * * *', timezone: Europe/Berlin, min: 0}}\n"
     )
     added = cli(controller, "pool", "add", "-f", str(pool_file))
     assert added.returncode == 0, added.stderr
