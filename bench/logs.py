@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 import psutil
+from _paths import use_this_tree
 from dispatch import (
     RESULTS_DIR,
     BenchError,
@@ -45,6 +46,7 @@ from dispatch import (
     create_pg_database,
     drop_pg_database,
     machine_info,
+    profiling,
     redact,
     start_cluster,
     stats_ms,
@@ -165,7 +167,8 @@ async def ingest(cluster: Cluster, megabytes: int, timeout: float) -> dict[str, 
         f"  ingest: {result['log_size'] / 1e6:.1f} MB in {running:.2f} s = "
         f"{result['ingest_mb_per_s']} MB/s ({data['state']}); RSS max controller "
         f"{result['controller_rss_max_mib']} MiB (until compacted, "
-        f"{result['finished_to_compacted_seconds']} s after the finish), agent {result['agent_rss_max_mib']} MiB; "
+        f"{result['finished_to_compacted_seconds']} s after the finish), "
+        f"agent {result['agent_rss_max_mib']} MiB; "
         f"load {result['loadavg']}"
     )
     if data["state"] != "succeeded":
@@ -216,15 +219,6 @@ async def live_tail(cluster: Cluster, seconds: float) -> dict[str, Any]:
     return result
 
 
-def use_this_tree() -> None:
-    """Controller and agents run the code of this checkout: its src/ first on their
-    PYTHONPATH, made absolute (they run in their own directories, where a relative
-    ``PYTHONPATH=src`` would silently fall back to the installed package)."""
-    src = str(Path(__file__).resolve().parent.parent / "src")
-    rest = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    os.environ["PYTHONPATH"] = os.pathsep.join([src, *[p for p in rest if p != src]])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megabytes", type=int, default=100)
@@ -232,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database", default="sqlite", help="sqlite or a postgresql:// URL")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per build")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="py-spy the controller and the agent during each phase (collapsed stacks in DIR)",
+    )
     args = parser.parse_args(argv)
     if args.megabytes < 1 or args.tail_seconds <= 0:
         parser.error("--megabytes >= 1 and --tail-seconds > 0")
@@ -252,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             pg_name, url, facts = create_pg_database(args.database)
             record["postgres"] = {"server": redact(args.database), **facts}
         cluster = start_cluster(processes, home, url, 1, 2, "warning")
-        record["ingest"] = asyncio.run(ingest(cluster, args.megabytes, args.timeout))
-        record["live_tail"] = asyncio.run(live_tail(cluster, args.tail_seconds))
+        with profiling(processes, args.profile, f"{db_kind}-ingest"):
+            record["ingest"] = asyncio.run(ingest(cluster, args.megabytes, args.timeout))
+        with profiling(processes, args.profile, f"{db_kind}-tail"):
+            record["live_tail"] = asyncio.run(live_tail(cluster, args.tail_seconds))
     except BenchError as exc:
         console.print(f"[red]{exc}[/]")
         return 1
