@@ -15,9 +15,12 @@ PostgreSQL database) and runs two builds:
     ``--tail-seconds`` s while a follower reads ``GET /api/v1/builds/{id}/log/stream``
     (server-sent events); the latency of each tick is the follower's clock at
     arrival minus the time printed (same host, same clock).
+(c) with ``--tail-during-ingest``: (b) again while (a) runs on the other executor
+    (the follower's latency when the controller is busy ingesting and compacting).
 
 Run:  /work/venv/bin/python bench/logs.py [--megabytes 100] [--tail-seconds 10]
-      [--database sqlite|postgresql://...] [--json PATH]
+      [--database sqlite|postgresql://...] [--tail-during-ingest] [--json PATH]
+      [--profile DIR]
 """
 
 from __future__ import annotations
@@ -159,6 +162,9 @@ async def ingest(cluster: Cluster, megabytes: int, timeout: float) -> dict[str, 
         "finished_to_compacted_seconds": None if compacted is None else round(compacted, 2),
         "controller_rss_max_mib": round(rss["controller"] / 2**20, 1),
         "agent_rss_max_mib": round(rss["agent"] / 2**20, 1),
+        # CPU seconds per 100 MB: less disturbed by other work than MB/s.
+        "controller_cpu_s_per_100mb": round(cpu[controller] * 1e8 / max(data["log_size"], 1), 2),
+        "agent_cpu_s_per_100mb": round(cpu[agent] * 1e8 / max(data["log_size"], 1), 2),
         "controller_core_percent": round(100 * cpu[controller] / wall, 1),
         "agent_core_percent": round(100 * cpu[agent] / wall, 1),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
@@ -223,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megabytes", type=int, default=100)
     parser.add_argument("--tail-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--tail-during-ingest",
+        action="store_true",
+        help="(c) also follow the ticker while another build floods (2 executors)",
+    )
     parser.add_argument("--database", default="sqlite", help="sqlite or a postgresql:// URL")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per build")
     parser.add_argument("--json", type=Path, default=None)
@@ -257,6 +268,18 @@ def main(argv: list[str] | None = None) -> int:
             record["ingest"] = asyncio.run(ingest(cluster, args.megabytes, args.timeout))
         with profiling(processes, args.profile, f"{db_kind}-tail"):
             record["live_tail"] = asyncio.run(live_tail(cluster, args.tail_seconds))
+        if args.tail_during_ingest:
+            console.print("  (c) live tail while another build prints the flood:")
+
+            async def both() -> tuple[dict[str, Any], dict[str, Any]]:
+                flood = asyncio.create_task(ingest(cluster, args.megabytes, args.timeout))
+                await asyncio.sleep(0.5)  # the flood is running
+                tail = await live_tail(cluster, args.tail_seconds)
+                return await flood, tail
+
+            with profiling(processes, args.profile, f"{db_kind}-both"):
+                flood, tail = asyncio.run(both())
+            record["during_ingest"] = {"ingest": flood, "live_tail": tail}
     except BenchError as exc:
         console.print(f"[red]{exc}[/]")
         return 1
