@@ -119,32 +119,38 @@ async def wait_finished(client: httpx.AsyncClient, build_id: int, timeout: float
 
 
 async def ingest(cluster: Cluster, megabytes: int, timeout: float) -> dict[str, Any]:
-    controller = psutil.Process(cluster.processes.procs[0].popen.pid)
-    agent = psutil.Process(cluster.processes.procs[1].popen.pid)
+    procs = cluster.processes
+    # One controller of ours, or the N of `conveyor cluster up` (--controllers N): the
+    # controller figures are the sum of their CPU and the largest RSS of any of them.
+    controllers = [psutil.Process(p.popen.pid) for p in procs.procs if p.name == "controller"]
+    controllers += [psutil.Process(pid) for n, pid in procs.external if n.startswith("controller")]
+    agent = psutil.Process(next(p.popen.pid for p in procs.procs if p.name == "agent-1"))
     async with cluster.client() as client:
         put = await client.put("/api/v1/jobs/bench-flood", json={"spec": flood_spec(megabytes)})
         if put.status_code not in (200, 201):
             raise BenchError(f"applying bench-flood: {put.status_code} {put.text[:300]}")
-        cpu0 = {p: sum(p.cpu_times()[:2]) for p in (controller, agent)}
+        cpu0 = {p: sum(p.cpu_times()[:2]) for p in (*controllers, agent)}
         rss = {"controller": 0, "agent": 0}
         started = time.monotonic()
         build = (await client.post("/api/v1/jobs/bench-flood/builds", json={})).json()
         waiting = asyncio.create_task(wait_finished(client, build["id"], timeout))
         while not waiting.done():
-            for name, proc in (("controller", controller), ("agent", agent)):
+            for name, proc in (*(("controller", c) for c in controllers), ("agent", agent)):
                 with contextlib.suppress(psutil.Error):
                     rss[name] = max(rss[name], proc.memory_info().rss)
             await asyncio.sleep(0.2)
         data = await waiting
         wall = time.monotonic() - started
         cpu = {p: sum(p.cpu_times()[:2]) - c for p, c in cpu0.items()}
+        controller_cpu = sum(cpu[c] for c in controllers)
         # The controller compacts the log (live chunks -> one blob) after the finish:
         # keep sampling its RSS until the blob is there, so that this is measured too.
         finished = time.monotonic()
         compacted: float | None = None
         while time.monotonic() - finished < timeout:
-            with contextlib.suppress(psutil.Error):
-                rss["controller"] = max(rss["controller"], controller.memory_info().rss)
+            for c in controllers:
+                with contextlib.suppress(psutil.Error):
+                    rss["controller"] = max(rss["controller"], c.memory_info().rss)
             if _log_blob_exists(cluster.home, build["id"]):
                 compacted = time.monotonic() - finished
                 break
@@ -163,9 +169,9 @@ async def ingest(cluster: Cluster, megabytes: int, timeout: float) -> dict[str, 
         "controller_rss_max_mib": round(rss["controller"] / 2**20, 1),
         "agent_rss_max_mib": round(rss["agent"] / 2**20, 1),
         # CPU seconds per 100 MB: less disturbed by other work than MB/s.
-        "controller_cpu_s_per_100mb": round(cpu[controller] * 1e8 / max(data["log_size"], 1), 2),
+        "controller_cpu_s_per_100mb": round(controller_cpu * 1e8 / max(data["log_size"], 1), 2),
         "agent_cpu_s_per_100mb": round(cpu[agent] * 1e8 / max(data["log_size"], 1), 2),
-        "controller_core_percent": round(100 * cpu[controller] / wall, 1),
+        "controller_core_percent": round(100 * controller_cpu / wall, 1),
         "agent_core_percent": round(100 * cpu[agent] / wall, 1),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
@@ -230,6 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--megabytes", type=int, default=100)
     parser.add_argument("--tail-seconds", type=float, default=10.0)
     parser.add_argument(
+        "--controllers",
+        type=int,
+        default=1,
+        help="more than 1: on one PostgreSQL database behind nginx (conveyor cluster up); "
+        "the agent and the follower go through nginx, so chunks and follower may be on "
+        "different controllers (woken by LISTEN/NOTIFY)",
+    )
+    parser.add_argument(
         "--tail-during-ingest",
         action="store_true",
         help="(c) also follow the ticker while another build floods (2 executors)",
@@ -248,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.megabytes < 1 or args.tail_seconds <= 0:
         parser.error("--megabytes >= 1 and --tail-seconds > 0")
     db_kind = "sqlite" if args.database == "sqlite" else "postgresql"
+    if args.controllers > 1 and db_kind == "sqlite":
+        parser.error("--controllers > 1 needs --database postgresql://...")
     use_this_tree()
     processes = Processes()
     home = Path(tempfile.mkdtemp(prefix="conveyor-bench-logs-"))
@@ -255,7 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "logs",
         "machine": machine_info(),
         "database": db_kind,
-        "parameters": {"megabytes": args.megabytes, "tail_seconds": args.tail_seconds},
+        "parameters": {
+            "megabytes": args.megabytes,
+            "tail_seconds": args.tail_seconds,
+            "controllers": args.controllers,
+        },
     }
     pg_name: str | None = None
     try:
@@ -263,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         if db_kind == "postgresql":
             pg_name, url, facts = create_pg_database(args.database)
             record["postgres"] = {"server": redact(args.database), **facts}
-        cluster = start_cluster(processes, home, url, 1, 2, "warning")
+        cluster = start_cluster(processes, home, url, 1, 2, "warning", args.controllers)
         with profiling(processes, args.profile, f"{db_kind}-ingest"):
             record["ingest"] = asyncio.run(ingest(cluster, args.megabytes, args.timeout))
         with profiling(processes, args.profile, f"{db_kind}-tail"):
@@ -287,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         processes.stop_all()
         if pg_name is not None:
             drop_pg_database(args.database, pg_name)
-    path = args.json or RESULTS_DIR / f"logs-{db_kind}.json"
+    path = args.json or RESULTS_DIR / (
+        f"logs-{db_kind}" + (f"-{args.controllers}c" if args.controllers > 1 else "") + ".json"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2))
     console.print(f"JSON record: {path}")
