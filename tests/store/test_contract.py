@@ -327,3 +327,32 @@ async def test_a_live_log_streams_window_by_window(
     fresh = await store.get_build(build.id)
     assert fresh.log_blob is not None and fresh.log_size == len(whole) + 15
     assert await blobs.read_range(fresh.log_blob, 0, 10**6) == whole + b"0123456789later"
+
+
+async def test_compacted_chunks_are_dropped_in_batches_and_leftovers_found(
+    store: Store, clock: FakeClock
+) -> None:
+    await store.create_job(fields(), None, clock())
+    build = await store.create_build(new_build(), clock())
+    agent = await _agent(store, clock)
+    await store.assign_builds([(build.id, agent, "aid")], None, clock())
+    await store.start_build("aid", agent, clock())
+    for seq in range(7):
+        await store.append_log("aid", agent, seq, seq * 100, b"z" * 100)
+    await store.finish_build("aid", agent, BuildState.SUCCEEDED, None, clock())
+    assert await store.compacted_builds_with_chunks() == []  # not compacted yet
+    # A crash between the compaction and the deletion of the chunks leaves them:
+    drop = store.drop_log_chunks
+    store.drop_log_chunks = _noop  # type: ignore[method-assign]
+    try:
+        assert await store.mark_log_compacted(build.id, "logs/x.log", 700)
+    finally:
+        store.drop_log_chunks = drop  # type: ignore[method-assign]
+    assert await store.compacted_builds_with_chunks() == [build.id]
+    await store.drop_log_chunks(build.id, batch_bytes=250)  # 3 rows per transaction
+    assert await store.compacted_builds_with_chunks() == []
+    assert await store.read_log_chunks(build.id, 0, 1000) == b""
+
+
+async def _noop(*_: object, **__: object) -> None:
+    return None

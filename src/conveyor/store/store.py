@@ -50,6 +50,8 @@ ACTIVE = [s.value for s in ACTIVE_STATES]
 FINISHED = [s.value for s in FINISHED_STATES]
 #: Bytes read per query when a whole live log is streamed (compaction): a few chunks.
 LOG_READ_WINDOW = 8 * 1024 * 1024
+#: Bytes of live chunks deleted per transaction once a log is compacted.
+LOG_DELETE_BATCH = 4 * 1024 * 1024
 
 
 class FencedOut(Conflict):
@@ -846,8 +848,51 @@ class Store(StoreBase):
             )
             if result.rowcount != 1:
                 return False
-            await conn.execute(delete(log_chunks).where(log_chunks.c.build_id == build_id))
+        await self.drop_log_chunks(build_id)
         return True
+
+    async def drop_log_chunks(self, build_id: int, batch_bytes: int = LOG_DELETE_BATCH) -> None:
+        """Delete the live chunks of a compacted log, about ``batch_bytes`` per
+        transaction. One DELETE of a 100 MB log holds SQLite's only writer for about
+        a second (it walks every overflow page), and every other write (the live logs
+        of other builds) would wait for it. Chunks left by a crash midway are found by
+        :meth:`compacted_builds_with_chunks`."""
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(log_chunks.c.seq, log_chunks.c.size)
+                    .where(log_chunks.c.build_id == build_id)
+                    .order_by(log_chunks.c.seq)
+                )
+            ).all()
+        batch: list[int] = []
+        size = 0
+        for seq, chunk_size in rows:
+            batch.append(seq)
+            size += chunk_size
+            if size >= batch_bytes or len(batch) >= 1000 or seq == rows[-1][0]:
+                async with self.write() as conn:
+                    await conn.execute(
+                        delete(log_chunks).where(
+                            log_chunks.c.build_id == build_id, log_chunks.c.seq.in_(batch)
+                        )
+                    )
+                batch, size = [], 0
+
+    async def compacted_builds_with_chunks(self, limit: int = 100) -> list[int]:
+        """Builds whose log is compacted but still has live chunks (a crash between
+        compaction and the chunks' deletion)."""
+        async with self.read() as conn:
+            return list(
+                await conn.scalars(
+                    select(log_chunks.c.build_id)
+                    .join(builds, builds.c.id == log_chunks.c.build_id)
+                    .where(builds.c.log_blob.is_not(None))
+                    .group_by(log_chunks.c.build_id)
+                    .order_by(log_chunks.c.build_id)
+                    .limit(limit)
+                )
+            )
 
     async def uncompacted_finished_builds(self, limit: int = 100) -> list[int]:
         async with self.read() as conn:
