@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database", default="sqlite", help="sqlite or a postgresql:// URL")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per build")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary home")
     parser.add_argument(
         "--profile",
         type=Path,
@@ -302,11 +304,14 @@ def main(argv: list[str] | None = None) -> int:
             record["during_ingest"] = {"ingest": flood, "live_tail": tail}
     except BenchError as exc:
         console.print(f"[red]{exc}[/]")
+        console.print(f"[yellow]kept {home} (controller and agent logs)[/]")
         return 1
     finally:
         processes.stop_all()
         if pg_name is not None:
             drop_pg_database(args.database, pg_name)
+    if not args.keep:
+        shutil.rmtree(home, ignore_errors=True)  # a few hundred MB of logs and blobs
     path = args.json or RESULTS_DIR / (
         f"logs-{db_kind}" + (f"-{args.controllers}c" if args.controllers > 1 else "") + ".json"
     )
