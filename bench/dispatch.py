@@ -50,6 +50,7 @@ from typing import Any
 
 import httpx
 import psutil
+from _paths import use_this_tree
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -167,6 +168,9 @@ class Processes:
     """Every process this benchmark started; stopped by PID (agents, then the controller)."""
 
     procs: list[Proc] = field(default_factory=list)
+    cluster_home: Path | None = None
+    #: Controllers started by ``conveyor cluster up`` (--controllers N): (name, pid).
+    external: list[tuple[str, int]] = field(default_factory=list)
 
     def spawn(
         self, name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None
@@ -189,6 +193,9 @@ class Processes:
     def check_alive(self) -> None:
         for proc in self.procs:
             proc.check_alive()
+        for name, pid in self.external:
+            if not psutil.pid_exists(pid):
+                raise BenchError(f"{name} (pid {pid}) is gone; see the cluster's logs")
 
     def stop_all(self, grace: float = 20.0) -> None:
         """Stop agents first (they report their builds), then the controller: SIGTERM,
@@ -217,6 +224,14 @@ class Processes:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.popen.wait(timeout=5)
         self.procs.clear()
+        if self.cluster_home is not None:
+            from conveyor import cluster as cluster_mod
+
+            for stopped in cluster_mod.down(self.cluster_home, timeout=grace):
+                if stopped.outcome == "killed":
+                    console.print(f"[yellow]{stopped.process.name}: SIGKILL[/]")
+            self.cluster_home = None
+            self.external.clear()
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds so far (user+system, reaped children included) per role:
@@ -232,6 +247,10 @@ class Processes:
             role = "controller" if proc.name == "controller" else "agents"
             with contextlib.suppress(psutil.Error):
                 out[role] += used(psutil.Process(proc.popen.pid))
+        for name, pid in self.external:
+            role = "controller" if name.startswith("controller") else "agents"
+            with contextlib.suppress(psutil.Error):
+                out[role] += used(psutil.Process(pid))
         out["bench"] = used(psutil.Process())
         for process in psutil.process_iter(["name"]):
             if process.info["name"] == "postgres":
@@ -455,6 +474,37 @@ def wait_for(
     raise BenchError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
 
 
+def start_controllers(
+    processes: Processes, home: Path, database_url: str | None, controllers: int, log_level: str
+) -> tuple[str, str]:
+    """N controllers on one PostgreSQL database behind nginx (``conveyor cluster up`` with
+    no agents of its own; ours connect through nginx): (nginx URL, admin token). Stopped
+    by :meth:`Processes.stop_all` (``conveyor cluster down``: nginx, then controllers)."""
+    from conveyor import cluster as cluster_mod
+
+    if not database_url or not database_url.startswith("postgresql"):
+        raise BenchError("--controllers > 1 needs PostgreSQL (one database shared by all)")
+    cluster_home = home / "cluster"
+    config = cluster_mod.ClusterConfig(
+        home=cluster_home,
+        database_url=database_url,
+        controllers=controllers,
+        agents=0,
+        port=free_port(),
+        log_level=log_level,
+    )
+    processes.cluster_home = cluster_home
+    try:
+        state = cluster_mod.up(config, lambda line: console.print(f"  {line}"))
+    except cluster_mod.ClusterError as exc:
+        raise BenchError(f"conveyor cluster up: {exc}") from exc
+    for info in state.processes:
+        processes.external.append((info.name, info.pid))
+        console.print(f"  {info.name} pid {info.pid}" + (f" port {info.port}" if info.port else ""))
+    token = json.loads((cluster_home / "cli.json").read_text())["token"]
+    return state.url, token
+
+
 def start_cluster(
     processes: Processes,
     home: Path,
@@ -462,21 +512,25 @@ def start_cluster(
     agents: int,
     executors: int,
     log_level: str,
+    controllers: int = 1,
 ) -> Cluster:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    args = [PYTHON, "-m", "conveyor", "server", "--home", str(home), "--port", str(port)]
-    args += ["--log-level", log_level]
-    if database_url:
-        args += ["--database", database_url]
-    controller = processes.spawn("controller", args, home / "controller.log")
-    console.print(f"  controller pid {controller.popen.pid} on {url}")
+    if controllers > 1:
+        url, token = start_controllers(processes, home, database_url, controllers, log_level)
+    else:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        args = [PYTHON, "-m", "conveyor", "server", "--home", str(home), "--port", str(port)]
+        args += ["--log-level", log_level]
+        if database_url:
+            args += ["--database", database_url]
+        controller = processes.spawn("controller", args, home / "controller.log")
+        console.print(f"  controller pid {controller.popen.pid} on {url}")
 
-    def ready() -> bool:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        def ready() -> bool:
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
 
-    wait_for(ready, 60, f"controller /readyz on {url}", processes, 0.1)
-    token = (home / "admin-token").read_text().strip()
+        wait_for(ready, 60, f"controller /readyz on {url}", processes, 0.1)
+        token = (home / "admin-token").read_text().strip()
     # Agents enrol with an agent token (the agent protocol refuses user tokens).
     enrol = httpx.post(
         f"{url}/api/v1/agent-tokens",
@@ -836,7 +890,13 @@ def bench_database(db: str, args: argparse.Namespace) -> dict[str, Any]:
             database_url = f"sqlite:///{home / 'conveyor.db'}"
         started = time.monotonic()
         cluster = start_cluster(
-            processes, home, database_url, args.agents, args.executors, args.log_level
+            processes,
+            home,
+            database_url,
+            args.agents,
+            args.executors,
+            args.log_level,
+            args.controllers,
         )
         console.print(f"  cluster up in {time.monotonic() - started:.1f}s (home {home})")
         asyncio.run(warm_up(cluster, args.warmup, args.build_timeout * 2))
@@ -869,6 +929,7 @@ def bench_database(db: str, args: argparse.Namespace) -> dict[str, Any]:
         ok = True
         return {
             "database": db,
+            "controllers": args.controllers,
             "database_url": redact(database_url),
             "database_facts": facts,
             "throughput": result_a,
@@ -970,6 +1031,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--builds", type=int, default=200, help="builds in the throughput phase (a)")
     p.add_argument("--agents", type=int, default=2, help="agent processes")
+    p.add_argument(
+        "--controllers",
+        type=int,
+        default=1,
+        help="controllers; more than 1: on one PostgreSQL database behind nginx "
+        "(conveyor cluster up), the agents and the benchmark's clients go through nginx",
+    )
     p.add_argument("--executors", type=int, default=2, help="executors per agent")
     p.add_argument(
         "--database", choices=["sqlite", "postgresql", "both"], default="both", help="store"
@@ -1013,7 +1081,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary homes and logs")
     args = p.parse_args(argv)
-    for name in ("builds", "agents", "executors", "latency_builds", "submitters"):
+    if args.controllers > 1 and args.database == "sqlite":
+        p.error("--controllers > 1 needs --database postgresql (one database for all)")
+    for name in ("builds", "agents", "controllers", "executors", "latency_builds", "submitters"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
@@ -1034,11 +1104,15 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    use_this_tree()
     databases = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
+    if args.controllers > 1:
+        databases = ["postgresql"]
     machine = machine_info()
     params = {
         "builds": args.builds,
         "agents": args.agents,
+        "controllers": args.controllers,
         "executors": args.executors,
         "submitters": args.submitters,
         "latency_builds": args.latency_builds,
@@ -1075,7 +1149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = args.json
     if path is None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        path = RESULTS_DIR / f"dispatch-{args.database}-{stamp}.json"
+        suffix = f"-{args.controllers}c" if args.controllers > 1 else ""
+        path = (
+            RESULTS_DIR
+            / f"dispatch-{databases[0] if len(databases) == 1 else 'both'}{suffix}-{stamp}.json"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     console.print(f"JSON record: {path}")

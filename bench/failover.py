@@ -31,10 +31,13 @@ from typing import Any
 
 import asyncpg
 import httpx
+from _paths import use_this_tree
 from rich.console import Console
 from rich.table import Table
 
-from conveyor import cluster as cluster_mod
+use_this_tree()  # before importing conveyor: this checkout, for us and the children
+
+from conveyor import cluster as cluster_mod  # noqa: E402
 
 console = Console()
 SPEC = "name: failover-bench\nstages:\n  - name: s\n    steps:\n      - sh: sleep 0.05\n"

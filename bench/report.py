@@ -2,8 +2,9 @@
 """Turn benchmark JSON records into one markdown section (tables) appended to
 docs/performance.md, with the machine described (nproc, RAM, CPU, load average).
 
-Reads the records of bench/agents.py, bench/history.py and bench/logs.py
-(``agents-*.json``, ``history-*.json``, ``logs-*.json`` in bench/results/ by
+Reads the records of bench/agents.py, bench/history.py, bench/logs.py and
+bench/dispatch.py (``agents-*.json``, ``history-*.json``, ``logs-*.json``,
+``dispatch-*.json`` in bench/results/ by
 default, or the files given). ``--print`` writes to stdout instead of the doc.
 
 Run:  /work/venv/bin/python bench/report.py [FILE ...] [--doc docs/performance.md] [--print]
@@ -21,7 +22,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-KINDS = ("agents", "history", "logs")
+KINDS = ("agents", "history", "logs", "dispatch")
 
 
 def _ms(stats: dict[str, Any], key: str) -> str:
@@ -79,22 +80,51 @@ def history_table(records: list[dict[str, Any]]) -> list[str]:
 
 def logs_table(records: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| database | MB printed | ingest MB/s | log complete | controller RSS max MiB "
-        "| agent RSS max MiB | controller / agent CPU (% core) | live tail p50 / p95 / p99 ms "
-        "| load 1 min |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| database | controllers | MB printed | ingest MB/s | log complete "
+        "| controller / agent CPU s per 100 MB | controller RSS max MiB (until compacted) "
+        "| agent RSS max MiB | live tail p50 / p95 / p99 ms "
+        "| live tail during a flood p50 / p95 / p99 ms | load 1 min |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for record in records:
         ing, tail = record.get("ingest", {}), record.get("live_tail", {})
         lat = tail.get("latency_ms", {})
+        busy = record.get("during_ingest", {}).get("live_tail", {}).get("latency_ms", {})
+        busy_cell = f"{_ms(busy, 'p50')} / {_ms(busy, 'p95')} / {_ms(busy, 'p99')}" if busy else "–"
+        cpu = "–"
+        if "controller_cpu_s_per_100mb" in ing:
+            cpu = f"{ing['controller_cpu_s_per_100mb']} / {ing['agent_cpu_s_per_100mb']}"
+        controllers = record.get("parameters", {}).get("controllers", 1)
         lines.append(
-            f"| {record['database']} | {ing.get('printed_bytes', 0) / 1e6:g} "
-            f"| {ing.get('ingest_mb_per_s')} | {ing.get('log_complete')} "
+            f"| {record['database']} | {controllers} | {ing.get('printed_bytes', 0) / 1e6:g} "
+            f"| {ing.get('ingest_mb_per_s')} | {ing.get('log_complete')} | {cpu} "
             f"| {ing.get('controller_rss_max_mib')} | {ing.get('agent_rss_max_mib')} "
-            f"| {ing.get('controller_core_percent')} / {ing.get('agent_core_percent')} "
-            f"| {_ms(lat, 'p50')} / {_ms(lat, 'p95')} / {_ms(lat, 'p99')} "
+            f"| {_ms(lat, 'p50')} / {_ms(lat, 'p95')} / {_ms(lat, 'p99')} | {busy_cell} "
             f"| {_load(ing.get('loadavg'))} |"
         )
+    return lines
+
+
+def dispatch_table(records: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| database | controllers | builds | agents × executors | builds/s "
+        "| controller CPU (% core, all) | other processes (% core) | (b) queued→running p50 ms "
+        "| load at start |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for record in records:
+        params = record.get("parameters", {})
+        for db, result in record.get("results", {}).items():
+            a, b = result.get("throughput", {}), result.get("latency", {})
+            qr = b.get("queued_to_running_ms", {})
+            cpu = a.get("cpu", {})
+            lines.append(
+                f"| {db} | {result.get('controllers', params.get('controllers', 1))} "
+                f"| {params.get('builds')} | {params.get('agents')} × {params.get('executors')} "
+                f"| {a.get('builds_per_second')} | {cpu.get('controller_core_percent')} "
+                f"| {cpu.get('outside_core_percent')} | {_ms(qr, 'p50')} "
+                f"| {_load(record.get('machine', {}).get('loadavg_at_start'))} |"
+            )
     return lines
 
 
@@ -114,6 +144,10 @@ def render(records: list[dict[str, Any]]) -> str:
         "agents": ("Simulated agents on one controller (`bench/agents.py`)", agents_table),
         "history": ("API latency with a long history (`bench/history.py`)", history_table),
         "logs": ("Log ingest and live tail (`bench/logs.py`)", logs_table),
+        "dispatch": (
+            "Trivial-build throughput, 1 or N controllers (`bench/dispatch.py`)",
+            dispatch_table,
+        ),
     }
     for kind, (title, table) in titles.items():
         if by_kind[kind]:

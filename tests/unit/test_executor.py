@@ -571,3 +571,67 @@ async def test_notify_post_steps_are_left_to_the_controller(ws: Path) -> None:
         assert [e for e in rep.events if e[1] == key] == []
     assert "notify:" not in rep.text and "team-slack" not in rep.text and "audit" not in rep.text
     assert "post-echo" in rep.text
+
+
+def test_the_output_pipe_has_one_owner_under_uvloop(tmp_path: Path) -> None:
+    """uvloop's connect_read_pipe closed a step's pipe twice (uvloop #763): a file that
+    another thread opened in between got the freed number and was closed under its
+    owner (an outbox file: EBADF, a build that never finished). Steps' output is read
+    whole under uvloop, and a thread opening, writing and closing files meanwhile
+    never sees its descriptor closed. (The race window is narrow: this passes with the
+    old reader too most of the time; `strace -e close` shows the old reader's second
+    close(2) returning EBADF, and a single close with PipeReader.)"""
+    import threading
+
+    import uvloop
+
+    errors: list[OSError] = []
+    stop = threading.Event()
+
+    def churn() -> None:
+        path = tmp_path / "canary"
+        while not stop.is_set():
+            fd = os.open(path, os.O_RDWR | os.O_CREAT)
+            try:
+                for _ in range(20):
+                    os.write(fd, b"x")
+                    os.fstat(fd)
+            except OSError as exc:
+                errors.append(exc)
+                continue  # the number was closed under us (and maybe reused): leave it
+            try:
+                os.close(fd)
+            except OSError as exc:
+                errors.append(exc)
+
+    output: list[bytes] = []
+
+    async def sink(data: bytes) -> None:
+        output.append(data)
+
+    async def main() -> None:
+        for i in range(60):
+            proc = process.StepProcess(
+                ["/bin/sh", "-c", f"echo step {i}"],
+                cwd=tmp_path,
+                env={"PATH": os.environ.get("PATH", os.defpath)},
+                output=sink,
+                kill_grace=2.0,
+            )
+            await proc.start()
+            try:
+                assert await proc.wait() == 0
+            finally:
+                await proc.close()
+            del proc
+            await asyncio.sleep(0)
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    try:
+        uvloop.run(main())
+    finally:
+        stop.set()
+        thread.join(10)
+    assert errors == []
+    assert b"".join(output) == b"".join(f"step {i}\n".encode() for i in range(60))

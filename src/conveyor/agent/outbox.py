@@ -19,7 +19,7 @@ Layout of ``WORKDIR/outbox/<assignment_id>/``:
   before each request, so a new agent process resumes exactly where this one
   stopped.
 
-Delivery: log chunks of up to 256 KiB go as ``POST .../log?seq=N&offset=BYTE``
+Delivery: log chunks of up to ``MAX_CHUNK`` (4 MiB) go as ``POST .../log?seq=N&offset=BYTE``
 (the controller keeps the first chunk of each seq, so a resend is harmless as long
 as it is identical: the chunk in flight is recorded before it is sent, and a
 restarted agent resends exactly that chunk); an event goes only once every log
@@ -39,8 +39,10 @@ without the endpoint (404 "Not Found" for the route itself) gets single events
 from then on.
 
 Durability: events are fsync'd when appended (after the log bytes before them);
-log output is gathered in memory and written + fsync'd to the spool every
-``FLUSH_SECONDS`` or ``FLUSH_BYTES``, never per write. Only flushed bytes are sent.
+log output is gathered in memory and written + fsync'd to the spool
+``LIVE_FLUSH_SECONDS`` after a write when the sender is idle (live output), else
+when the sender is ready again, after at most ``FLUSH_SECONDS``, or once
+``FLUSH_BYTES`` gathered; never per write. Only flushed bytes are sent.
 A disk error (full...) makes the writer wait and retry, never tears a file.
 
 Bound: the log bytes not yet acknowledged, over all outboxes sharing an
@@ -80,11 +82,17 @@ log = structlog.get_logger(__name__)
 
 #: Default bound on unacknowledged log bytes kept on the agent's disk (1 GiB).
 DEFAULT_MAX_OUTBOX_BYTES = 1024 * 1024 * 1024
-#: Largest log chunk sent in one request.
-MAX_CHUNK = 2 * 1024 * 1024
-#: Output is written and fsync'd to the spool this often, or once this much gathered.
+#: Largest log chunk sent in one request (the controller's MAX_LOG_CHUNK): a flood
+#: of output goes in few, large requests (one transaction each on the controller).
+MAX_CHUNK = 4 * 1024 * 1024
+#: Output is written and fsync'd to the spool at most this long after it was written
+#: while a delivery is in flight (it could not be sent sooner anyway), or once this
+#: much gathered...
 FLUSH_SECONDS = 0.1
-FLUSH_BYTES = 256 * 1024
+FLUSH_BYTES = 1024 * 1024
+#: ...and this soon when the sender waits for output (a live follower sees a line
+#: within a few ms of the agent, not after a fixed flush period).
+LIVE_FLUSH_SECONDS = 0.005
 #: A new spool segment is started once the current one holds this much.
 SEGMENT_BYTES = 16 * 1024 * 1024
 #: Cap of the delivery backoff: sending resumes this soon after a controller is back.
@@ -280,6 +288,7 @@ class BuildOutbox:
         self._io_lock = asyncio.Lock()
         self._wake = asyncio.Event()  # the sender has something new
         self._dirty = asyncio.Event()  # the flusher has something to write
+        self._sender_idle = asyncio.Event()  # the sender waits for something to send
         self._ended = asyncio.Event()
         self._log_file: BinaryIO | None = None
         self._log_file_size = 0
@@ -462,7 +471,14 @@ class BuildOutbox:
         while True:
             await self._dirty.wait()
             if not self._closing:
-                await asyncio.sleep(FLUSH_SECONDS)  # gather output: one write, one fsync
+                # Gather output (one write, one fsync): briefly when the sender waits
+                # for it, else until the sender is free again (at most FLUSH_SECONDS).
+                await asyncio.sleep(LIVE_FLUSH_SECONDS)
+                if not self._sender_idle.is_set() and not self._closing:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._sender_idle.wait(), FLUSH_SECONDS - LIVE_FLUSH_SECONDS
+                        )
             self._dirty.clear()
             try:
                 async with self._io_lock:
@@ -604,7 +620,11 @@ class BuildOutbox:
                     return _Chunk(p.seq, p.acked, min(inflight.size, self._flushed - p.acked))
                 return _Chunk(p.seq, p.acked, min(MAX_CHUNK, limit - p.acked))
             self._wake.clear()
-            await self._wake.wait()
+            self._sender_idle.set()
+            try:
+                await self._wake.wait()
+            finally:
+                self._sender_idle.clear()
 
     async def _send(self, item: _Chunk | _Event | _Batch) -> Any:
         """Deliver one item, retrying network errors and 5xx with capped backoff."""

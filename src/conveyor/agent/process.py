@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -52,8 +52,56 @@ START_SLACK_TICKS = 10
 OutputSink = Callable[[bytes], Awaitable[None]]
 
 
+class _Readable(Protocol):
+    async def read(self, n: int) -> bytes: ...
+
+
+class PipeReader:
+    """Reads the read end of a pipe without handing it to the event loop.
+
+    ``loop.connect_read_pipe`` under uvloop closes the descriptor twice (libuv and the
+    file object both own it: uvloop issue #763); when another thread opened a file in
+    between and got the same number, that file was closed under it, e.g. an outbox
+    file: ``[Errno 9] Bad file descriptor`` and a build that never finishes. Here the
+    descriptor has one owner, closed once by :meth:`close`; readiness comes from
+    ``loop.add_reader``, which works on any loop and never closes anything. A read is
+    made only when the pump asks for one, so a slow consumer leaves the output in the
+    pipe and the step blocks on a full pipe (back-pressure, no unbounded buffer)."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd: int | None = fd
+
+    async def read(self, n: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.fd is None:
+                return b""
+            try:
+                return os.read(self.fd, n)
+            except BlockingIOError:
+                pass
+            ready: asyncio.Future[None] = loop.create_future()
+            fd = self.fd
+            loop.add_reader(fd, _set_once, ready)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(fd)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 async def pump_output(
-    reader: asyncio.StreamReader,
+    reader: _Readable,
     emit: OutputSink,
     *,
     flush_delay: float = FLUSH_DELAY,
@@ -198,7 +246,7 @@ class StepProcess:
         #: How many processes were still alive when the shell exited by itself.
         self.leftovers = 0
         self._proc: asyncio.subprocess.Process | None = None
-        self._transport: asyncio.ReadTransport | None = None
+        self._reader: PipeReader | None = None
         self._pump: asyncio.Task[None] | None = None
         self._tracker: asyncio.Task[None] | None = None
         self._known: dict[int, psutil.Process] = {}
@@ -210,7 +258,6 @@ class StepProcess:
         return self._proc.pid if self._proc is not None else None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         now = _kernel_ticks_now() if _HAS_PROC else None
         self._since_ticks = None if now is None else now - START_SLACK_TICKS
         read_fd, write_fd = os.pipe()
@@ -227,15 +274,11 @@ class StepProcess:
                 )
             finally:
                 os.close(write_fd)
-            reader = asyncio.StreamReader(limit=2 * READ_SIZE)
-            pipe = os.fdopen(read_fd, "rb", buffering=0)
+            reader = PipeReader(read_fd)
         except BaseException:
             os.close(read_fd)
             raise
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), pipe
-        )
-        self._transport = transport
+        self._reader = reader
         self._pump = asyncio.create_task(pump_output(reader, self.output))
         self._tracker = asyncio.create_task(self._track())
 
@@ -385,8 +428,8 @@ class StepProcess:
             for task in tasks:
                 if not task.cancelled():
                     task.exception()  # mark retrieved
-        if self._transport is not None:
-            self._transport.close()
+        if self._reader is not None:
+            self._reader.close()  # the pump is done or cancelled: nobody reads any more
         if self._proc is not None and self._proc.returncode is None:
             self.kill_now()
             await self._proc.wait()

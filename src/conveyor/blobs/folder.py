@@ -13,6 +13,7 @@ import re
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from conveyor.blobs.base import CHUNK, BlobStore, StoredBlob, check_key, check_prefix
 from conveyor.errors import NotFound
@@ -41,9 +42,9 @@ class FolderBlobStore(BlobStore):
         try:
             with tmp.open("wb") as fh:
                 async for chunk in chunks:
-                    digest.update(chunk)
                     size += len(chunk)
-                    await asyncio.to_thread(fh.write, chunk)
+                    # Hashing a large chunk takes milliseconds: off the event loop too.
+                    await asyncio.to_thread(_hash_and_write, digest, fh, chunk)
                 await asyncio.to_thread(_sync_close, fh)
             os.replace(tmp, target)
         except BaseException:
@@ -128,6 +129,11 @@ def _walk(root: Path, base: str) -> list[tuple[str, int]]:
             found.append((name if rel == "." else f"{rel}/{name}", size))
     found.sort()
     return found
+
+
+def _hash_and_write(digest: Any, fh: BinaryIO, chunk: bytes) -> None:
+    digest.update(chunk)
+    fh.write(chunk)
 
 
 def _sync_close(fh: object) -> None:

@@ -168,11 +168,12 @@ class BuildService:
         build = await self.store.get_build(build_id)
         if build.log_blob is not None:
             return
-        data = await self.store.read_log_chunks(build_id, 0, max(build.log_size, 0) + 1)
-        if len(data) < build.log_size and (await self.store.get_build(build_id)).log_blob:
-            return  # compacted meanwhile by someone else: the chunks we missed are in it
         key = log_blob_key(build_id)
-        stored = await self.blobs.put_bytes(key, data)
+        # Streamed window by window: a 100 MB log never sits in the controller's memory.
+        stored = await self.blobs.put_stream(key, self.store.iter_log_chunks(build_id))
+        if stored.size < build.log_size and (await self.store.get_build(build_id)).log_blob:
+            await self.blobs.delete(key)
+            return  # compacted meanwhile by someone else: the chunks we missed are in it
         if not await self.store.mark_log_compacted(build_id, key, stored.size):
             await self.blobs.delete(key)  # another compaction won the race
             return

@@ -42,6 +42,8 @@ class Reaper:
         await self.membership.forget_old()
         for build_id in await self.store.uncompacted_finished_builds():
             await self.builds.compact_log(build_id)
+        for build_id in await self.store.compacted_builds_with_chunks():
+            await self.store.drop_log_chunks(build_id)  # left by a crash midway
         now = self.clock()
         if self._epoch != fence.epoch or self._leading_since is None:
             self._epoch, self._leading_since = fence.epoch, now

@@ -8,7 +8,7 @@ transaction, so a deposed leader's write fails instead of acting twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,6 +48,10 @@ from conveyor.store.schema import (
 
 ACTIVE = [s.value for s in ACTIVE_STATES]
 FINISHED = [s.value for s in FINISHED_STATES]
+#: Bytes read per query when a whole live log is streamed (compaction): a few chunks.
+LOG_READ_WINDOW = 8 * 1024 * 1024
+#: Bytes of live chunks deleted per transaction once a log is compacted.
+LOG_DELETE_BATCH = 4 * 1024 * 1024
 
 
 class FencedOut(Conflict):
@@ -860,14 +864,37 @@ class Store(StoreBase):
                     .order_by(log_chunks.c.offset)
                 )
             ).all()
-        out = bytearray()
+        end = start + limit
+        parts: list[bytes] = []
         position = start
         for offset, data in rows:
             if offset > position:
                 break  # a gap: a chunk not yet delivered; stop before it
-            out += data[position - offset :]
-            position = offset + len(data)
-        return bytes(out[:limit])
+            if offset + len(data) <= position:
+                continue
+            data = bytes(data)
+            # Slice only when needed: a whole chunk is passed on without a copy.
+            part = data if offset == position and offset + len(data) <= end else None
+            if part is None:
+                part = data[position - offset : end - offset]
+            parts.append(part)
+            position += len(part)
+            if position >= end:
+                break
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def iter_log_chunks(
+        self, build_id: int, start: int = 0, window: int = LOG_READ_WINDOW
+    ) -> AsyncIterator[bytes]:
+        """A live log from ``start`` to its end (or its first gap), ``window`` bytes per
+        read: memory stays bounded whatever the log's size (compaction streams this)."""
+        position = start
+        while True:
+            data = await self.read_log_chunks(build_id, position, window)
+            if not data:
+                return
+            position += len(data)
+            yield data
 
     async def mark_log_compacted(self, build_id: int, blob_key: str, size: int) -> bool:
         """Point the build at its compacted log and drop the chunks, unless another
@@ -880,8 +907,51 @@ class Store(StoreBase):
             )
             if result.rowcount != 1:
                 return False
-            await conn.execute(delete(log_chunks).where(log_chunks.c.build_id == build_id))
+        await self.drop_log_chunks(build_id)
         return True
+
+    async def drop_log_chunks(self, build_id: int, batch_bytes: int = LOG_DELETE_BATCH) -> None:
+        """Delete the live chunks of a compacted log, about ``batch_bytes`` per
+        transaction. One DELETE of a 100 MB log holds SQLite's only writer for about
+        a second (it walks every overflow page), and every other write (the live logs
+        of other builds) would wait for it. Chunks left by a crash midway are found by
+        :meth:`compacted_builds_with_chunks`."""
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(log_chunks.c.seq, log_chunks.c.size)
+                    .where(log_chunks.c.build_id == build_id)
+                    .order_by(log_chunks.c.seq)
+                )
+            ).all()
+        batch: list[int] = []
+        size = 0
+        for seq, chunk_size in rows:
+            batch.append(seq)
+            size += chunk_size
+            if size >= batch_bytes or len(batch) >= 1000 or seq == rows[-1][0]:
+                async with self.write() as conn:
+                    await conn.execute(
+                        delete(log_chunks).where(
+                            log_chunks.c.build_id == build_id, log_chunks.c.seq.in_(batch)
+                        )
+                    )
+                batch, size = [], 0
+
+    async def compacted_builds_with_chunks(self, limit: int = 100) -> list[int]:
+        """Builds whose log is compacted but still has live chunks (a crash between
+        compaction and the chunks' deletion)."""
+        async with self.read() as conn:
+            return list(
+                await conn.scalars(
+                    select(log_chunks.c.build_id)
+                    .join(builds, builds.c.id == log_chunks.c.build_id)
+                    .where(builds.c.log_blob.is_not(None))
+                    .group_by(log_chunks.c.build_id)
+                    .order_by(log_chunks.c.build_id)
+                    .limit(limit)
+                )
+            )
 
     async def uncompacted_finished_builds(self, limit: int = 100) -> list[int]:
         async with self.read() as conn:
