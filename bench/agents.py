@@ -439,6 +439,11 @@ async def measure(
                     "outside_core_percent": round(100 * outside / wall, 1),
                     "machine_busy_percent": round(100 * machine / wall / (os.cpu_count() or 1), 1),
                     "heartbeats_per_s": round(len(samples.heartbeat) / wall, 1),
+                    # Load-independent: the controllers' CPU per heartbeat (the bulk of
+                    # the requests; polls and the operator's calls are in it too).
+                    "controller_cpu_ms_per_heartbeat": round(
+                        1000 * cpu / max(1, len(samples.heartbeat)), 2
+                    ),
                     "polls_answered_per_s": round(len(samples.poll) / wall, 1),
                     "heartbeat_ms": stats_ms(samples.heartbeat),
                     "api_ms": stats_ms(api_all),
@@ -452,7 +457,8 @@ async def measure(
                     f"{row['controller_core_percent']}% of a core (simulator "
                     f"{row['simulator_core_percent']}%, postgres {row['postgres_core_percent']}%, "
                     f"nginx {row['nginx_core_percent']}%, outside {row['outside_core_percent']}%),"
-                    f" RSS {row['controller_rss_mib']} MiB; heartbeat p50/p99 "
+                    f" RSS {row['controller_rss_mib']} MiB; "
+                    f"{row['controller_cpu_ms_per_heartbeat']} ms CPU/heartbeat; heartbeat p50/p99 "
                     f"{row['heartbeat_ms'].get('p50')}/{row['heartbeat_ms'].get('p99')} ms; "
                     f"API p50/p99 {row['api_ms'].get('p50')}/{row['api_ms'].get('p99')} ms; "
                     f"load {row['loadavg']}; errors {row['errors'] or 'none'}"
