@@ -244,16 +244,26 @@ async def _sim_agent(
     registered: asyncio.Semaphore,
 ) -> None:
     headers = {"Authorization": f"Bearer {token}"}
-    async with registered:
-        started = time.perf_counter()
-        status, info = await beat_conn.post(
-            "/agent/v1/register",
-            {"name": name, "labels": ["sim"], "executors": 1, "version": "bench"},
-            headers,
-        )
-        samples.register.append(time.perf_counter() - started)
-    if status != 200:
-        raise BenchError(f"register {name}: {status} {str(info)[:200]}")
+    backoff = 1.0
+    while True:  # like a real agent: a 5xx or a lost connection is retried with backoff
+        async with registered:
+            started = time.perf_counter()
+            try:
+                status, info = await beat_conn.post(
+                    "/agent/v1/register",
+                    {"name": name, "labels": ["sim"], "executors": 1, "version": "bench"},
+                    headers,
+                )
+            except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                status, info = 0, repr(exc)
+            samples.register.append(time.perf_counter() - started)
+        if status == 200:
+            break
+        if 0 < status < 500:
+            raise BenchError(f"register {name}: {status} {str(info)[:200]}")
+        samples.error(f"register {status or 'connection'}")
+        await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+        backoff = min(10.0, backoff * 2)
     samples.registered += 1
     agent_id = info["agent_id"]
     interval = float(info["heartbeat_interval"])
