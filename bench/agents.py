@@ -91,13 +91,17 @@ class Samples:
         self.errors.clear()
 
 
-def start_controller(processes: Processes, home: Path, database_url: str | None) -> str:
+def start_controller(
+    processes: Processes, home: Path, database_url: str | None, agent_timeout: float | None
+) -> str:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = [PYTHON, "-m", "conveyor", "server", "--home", str(home), "--port", str(port)]
     args += ["--log-level", "warning"]
     if database_url:
         args += ["--database", database_url]
+    if agent_timeout is not None:
+        args += ["--agent-timeout", str(agent_timeout)]
     controller = processes.spawn("controller", args, home / "controller.log")
     console.print(f"  controller pid {controller.popen.pid} on {url}")
     wait_for(
@@ -529,8 +533,16 @@ def main(argv: list[str] | None = None) -> int:
         help="1: one controller; N > 1: N controllers on one PostgreSQL database behind "
         "nginx (conveyor cluster up, no agents), the agents talking to nginx",
     )
+    parser.add_argument(
+        "--agent-timeout",
+        type=float,
+        default=None,
+        help="the controller's --agent-timeout (heartbeats every fifth of it; default 15 s)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.agent_timeout is not None and args.controllers > 1:
+        parser.error("--agent-timeout: with one controller only")
     if args.database == "postgresql":
         args.database = os.environ.get("CONVEYOR_BENCH_POSTGRES", DEFAULT_PG_URL)
     if args.controllers < 1:
@@ -556,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
             pg_name, database_url, facts = create_pg_database(args.database)
             record["postgres"] = {"server": redact(args.database), **facts}
         if args.controllers == 1:
-            url = start_controller(processes, home, database_url)
+            url = start_controller(processes, home, database_url, args.agent_timeout)
             admin = (home / "admin-token").read_text().strip()
             pids = [processes.procs[0].popen.pid]
         else:
@@ -564,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             url, admin, pids = start_cluster(home, database_url, args.controllers)
             cluster_home = home
         record["controllers"] = args.controllers
+        record["agent_timeout"] = args.agent_timeout or 15.0
         record["steps"] = run(
             measure(url, admin, steps, args.duration, args.settle, args.register_timeout, pids)
         )
