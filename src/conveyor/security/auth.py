@@ -6,6 +6,7 @@ once; other controllers notice within :data:`CACHE_SECONDS` (the documented boun
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import secrets
@@ -87,6 +88,12 @@ class AuthCache:
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[float, Principal]] = {}
+        #: Loads under way (single flight): when an entry expires, the many requests
+        #: that then miss it (thousands of agents share a pool token) await one load.
+        self.loading: dict[str, asyncio.Future[Principal]] = {}
+        #: Bumped by drop/clear: a load that started before them does not store its
+        #: result (it may predate a revocation).
+        self.generation = 0
 
     def get(self, key: str) -> Principal | None:
         hit = self._entries.get(key)
@@ -95,15 +102,19 @@ class AuthCache:
             return None
         return hit[1]
 
-    def put(self, key: str, principal: Principal) -> None:
+    def put(self, key: str, principal: Principal, generation: int | None = None) -> None:
+        if generation is not None and generation != self.generation:
+            return  # dropped or cleared while it was loading
         if len(self._entries) > 10_000:
             self._entries.clear()
         self._entries[key] = (time.monotonic() + CACHE_SECONDS, principal)
 
     def drop(self, key: str) -> None:
+        self.generation += 1
         self._entries.pop(key, None)
 
     def clear(self) -> None:
+        self.generation += 1
         self._entries.clear()
 
 
@@ -220,9 +231,29 @@ async def session_principal(runtime: Runtime, key: str) -> Principal:
 
 async def agent_principal(runtime: Runtime, key: str, fresh: bool = False) -> Principal:
     cache = auth_cache(runtime)
-    hit = None if fresh else cache.get("a:" + key)
+    if fresh:
+        return await _load_agent_principal(runtime, cache, key)
+    hit = cache.get("a:" + key)
     if hit is not None:
         return hit
+    loading = cache.loading.get("a:" + key)
+    if loading is None:
+        # Its own task: a request that goes away does not cancel the others' answer.
+        loading = asyncio.ensure_future(_load_agent_principal(runtime, cache, key))
+        cache.loading["a:" + key] = loading
+
+        def done(task: asyncio.Future[Principal], slot: str = "a:" + key) -> None:
+            if cache.loading.get(slot) is task:
+                del cache.loading[slot]
+            if not task.cancelled():
+                task.exception()  # retrieved even if every waiter went away
+
+        loading.add_done_callback(done)
+    return await asyncio.shield(loading)
+
+
+async def _load_agent_principal(runtime: Runtime, cache: AuthCache, key: str) -> Principal:
+    generation = cache.generation
     record = await db.find_agent_token(runtime.store, key)
     if record is None or not record.usable(runtime.clock()):
         cache.drop("a:" + key)
@@ -235,7 +266,7 @@ async def agent_principal(runtime: Runtime, key: str, fresh: bool = False) -> Pr
         agent_token=record,
         agent_ids=frozenset(await db.agents_of_token(runtime.store, record.id)),
     )
-    cache.put("a:" + key, principal)
+    cache.put("a:" + key, principal, generation)
     return principal
 
 
