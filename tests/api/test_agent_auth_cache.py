@@ -75,3 +75,43 @@ async def test_a_load_that_began_before_a_revocation_is_not_cached(
     assert (await pending).status_code == 200  # that request was already past the check
     assert not cache.loading
     assert all(not key.startswith("a:") for key in cache._entries)  # nothing stale kept
+
+
+async def test_an_agent_enrolled_on_another_controller_costs_one_binding_check(
+    client: httpx.AsyncClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await register(client, "here")
+    cache = auth_cache(runtime)
+    [key] = [k for k in cache._entries if k.startswith("a:")]
+    cached = cache.get(key)
+    assert cached is not None and cached.token_id is not None
+    # Another controller registers an agent with the same pool token: this controller's
+    # cached principal does not know it yet.
+    other = await runtime.store.register_agent("there", [], 1, "1", runtime.clock())
+    await db.record_binding(runtime.store, other.id, cached.token_id, runtime.clock())
+    loads: list[str] = []
+    real = db.agents_of_token
+
+    async def counted(store: Any, token_id: int) -> Any:
+        loads.append("agents_of_token")
+        return await real(store, token_id)
+
+    monkeypatch.setattr(db, "agents_of_token", counted)
+    for agent_id in (other.id, other.id, first):
+        r = await client.post(
+            f"/agent/v1/agents/{agent_id}/heartbeat",
+            json={"running": []},
+            headers={"X-Agent-Id": str(agent_id)},
+        )
+        assert r.status_code == 200, r.text
+    assert loads == []  # no reload of all the token's agents
+    grown = cache.get(key)
+    assert grown is not None and {first, other.id} <= grown.agent_ids
+    # An agent that is not enrolled with this token is still refused.
+    stranger = await runtime.store.register_agent("stranger", [], 1, "1", runtime.clock())
+    r = await client.post(
+        f"/agent/v1/agents/{stranger.id}/heartbeat",
+        json={"running": []},
+        headers={"X-Agent-Id": str(stranger.id)},
+    )
+    assert r.status_code == 403

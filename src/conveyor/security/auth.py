@@ -11,7 +11,7 @@ import base64
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
@@ -250,6 +250,26 @@ async def agent_principal(runtime: Runtime, key: str, fresh: bool = False) -> Pr
 
         loading.add_done_callback(done)
     return await asyncio.shield(loading)
+
+
+async def agent_principal_with(
+    runtime: Runtime, key: str, principal: Principal, agent_id: int
+) -> Principal:
+    """The principal of agent token ``key`` if ``agent_id`` is bound to it now (an agent
+    that registered on another controller after this one cached the token), else a
+    fresh load. Checks the one binding instead of reloading all the token's agents:
+    with 3 controllers, each of 2,000 agents would otherwise reload 2,000 rows on each
+    controller it had not registered on."""
+    cache = auth_cache(runtime)
+    generation = cache.generation
+    if principal.token_id is not None and await db.is_bound(
+        runtime.store, agent_id, principal.token_id
+    ):
+        current = cache.get("a:" + key) or principal
+        grown = replace(current, agent_ids=current.agent_ids | {agent_id})
+        cache.put("a:" + key, grown, generation)
+        return grown
+    return await agent_principal(runtime, key, fresh=True)
 
 
 async def _load_agent_principal(runtime: Runtime, cache: AuthCache, key: str) -> Principal:

@@ -634,6 +634,17 @@ async def agents_of_token(store: Store, token_id: int) -> set[int]:
     return {int(r.agent_id) for r in rows}
 
 
+async def is_bound(store: Store, agent_id: int, token_id: int) -> bool:
+    """Is ``agent_id`` enrolled with the token ``token_id``? (One row, by primary key.)"""
+    async with store.read() as conn:
+        value = await conn.scalar(
+            select(agent_bindings.c.agent_id).where(
+                agent_bindings.c.agent_id == agent_id, agent_bindings.c.token_id == token_id
+            )
+        )
+    return value is not None
+
+
 async def agent_exists(store: Store, agent_id: int) -> bool:
     async with store.read() as conn:
         return (await conn.scalar(select(agents.c.id).where(agents.c.id == agent_id))) is not None
