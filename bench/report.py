@@ -53,11 +53,15 @@ def agents_table(records: list[dict[str, Any]]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for record in records:
+        timeout = record.get("agent_timeout")
+        database = record["database"]
+        if timeout and timeout != 15.0:
+            database += f", agent timeout {timeout:g} s"
         for step in record.get("steps", []):
             hb, api = step["heartbeat_ms"], step["api_ms"]
             reg = step.get("register_ms", {})
             lines.append(
-                f"| {record['database']} | {step.get('controllers', 1)} | {step['agents']} "
+                f"| {database} | {step.get('controllers', 1)} | {step['agents']} "
                 f"| {step.get('registration_seconds', '–')} ({_ms(reg, 'p99')}) "
                 f"| {step['online']} | {step['controller_core_percent']} "
                 f"| {step.get('controller_cpu_ms_per_heartbeat', '–')} "
