@@ -45,20 +45,31 @@ def machine_line(machine: dict[str, Any]) -> str:
 
 
 def agents_table(records: list[dict[str, Any]]) -> list[str]:
+    """One row per step. Older records lack the newer columns (shown as –)."""
     lines = [
-        "| database | agents | online | controller CPU (% core) | controller RSS MiB "
-        "| heartbeats/s | heartbeat p50 / p99 ms | API p50 / p99 ms | errors | load 1 min |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| database | controllers | agents | registered in s (p99 ms) | online "
+        "| controller CPU (% core) | CPU ms / heartbeat | controller RSS MiB "
+        "| heartbeats/s | heartbeat p50 / p99 ms | API p50 / p99 ms | errors "
+        "| other work (% core) | load 1 min |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for record in records:
+        timeout = record.get("agent_timeout")
+        database = record["database"]
+        if timeout and timeout != 15.0:
+            database += f", agent timeout {timeout:g} s"
         for step in record.get("steps", []):
             hb, api = step["heartbeat_ms"], step["api_ms"]
+            reg = step.get("register_ms", {})
             lines.append(
-                f"| {record['database']} | {step['agents']} | {step['online']} "
-                f"| {step['controller_core_percent']} | {step['controller_rss_mib']} "
+                f"| {database} | {step.get('controllers', 1)} | {step['agents']} "
+                f"| {step.get('registration_seconds', '–')} ({_ms(reg, 'p99')}) "
+                f"| {step['online']} | {step['controller_core_percent']} "
+                f"| {step.get('controller_cpu_ms_per_heartbeat', '–')} "
+                f"| {step['controller_rss_mib']} "
                 f"| {step['heartbeats_per_s']} | {_ms(hb, 'p50')} / {_ms(hb, 'p99')} "
                 f"| {_ms(api, 'p50')} / {_ms(api, 'p99')} | {sum(step['errors'].values())} "
-                f"| {_load(step['loadavg'])} |"
+                f"| {step.get('outside_core_percent', '–')} | {_load(step['loadavg'])} |"
             )
     return lines
 
@@ -141,7 +152,7 @@ def render(records: list[dict[str, Any]]) -> str:
     out.append(f"- load average when this report was made: {os.getloadavg()[0]:.2f}")
     out.append("")
     titles = {
-        "agents": ("Simulated agents on one controller (`bench/agents.py`)", agents_table),
+        "agents": ("Simulated agents (`bench/agents.py`)", agents_table),
         "history": ("API latency with a long history (`bench/history.py`)", history_table),
         "logs": ("Log ingest and live tail (`bench/logs.py`)", logs_table),
         "dispatch": (

@@ -56,3 +56,24 @@ async def test_concurrent_heartbeats_each_get_their_answer(store: Store, clock: 
         await groups.touch(123_456, later)
     # The writer goes on after a refused heartbeat.
     assert await groups.touch(ids[1], later + timedelta(seconds=1)) is False
+
+
+async def test_heartbeats_arriving_under_load_share_one_transaction(
+    store: Store, clock: FakeClock
+) -> None:
+    ids = [(await store.register_agent(f"hb-l{i}", [], 1, "1", clock())).id for i in range(6)]
+    groups = HeartbeatGroups(store, linger=0.5)
+    later = clock() + timedelta(seconds=5)
+    # After a quiet spell a heartbeat is written at once, in its own transaction.
+    assert await groups.touch(ids[0], later) is False
+    assert groups.writes == 1
+    # Heartbeats that arrive one after the other right after it wait for the rest of the
+    # linger and go together: one more transaction, every one answered and recorded.
+    waves = []
+    for agent_id in ids[1:]:
+        waves.append(asyncio.create_task(groups.touch(agent_id, later, 3, 4, {})))
+        await asyncio.sleep(0.02)
+    assert await asyncio.gather(*waves) == [False] * 5
+    assert groups.writes == 2
+    for agent_id in ids:
+        assert (await store.get_agent(agent_id)).last_seen_at == later

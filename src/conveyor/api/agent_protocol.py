@@ -11,6 +11,7 @@ one request and one transaction."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
@@ -21,7 +22,7 @@ from pydantic import BaseModel, Field, model_validator
 from conveyor.api.deps import CallerDep, RuntimeDep
 from conveyor.api.log_limit import clip_chunk
 from conveyor.api.routes_builds import guess_type
-from conveyor.controller.wakeups import DISPATCH, Wakeups, agent_channel, build_channel
+from conveyor.controller.wakeups import DISPATCH, agent_channel, build_channel
 from conveyor.core.labels import is_valid_label
 from conveyor.core.states import ACTIVE_STATES, AGENT_RESULTS, BuildState, StepState
 from conveyor.errors import InvalidInput
@@ -192,39 +193,74 @@ async def poll(
     """Hold until the agent has something to do (new assignment, cancel) or ``wait`` ends.
 
     A poll writes nothing unless it starts builds: liveness is the heartbeat's job
-    (it also marks an agent that comes back online and wakes the dispatcher)."""
+    (it also marks an agent that comes back online and wakes the dispatcher). While
+    it waits it costs neither CPU nor queries: it reads the store at its start and
+    after each wake-up of the agent's channel, nothing else."""
     deadline = time.monotonic() + min(body.wait, runtime.settings.poll_timeout)
     running = set(body.running)
     to_cancel = running - set(body.cancelling)
     aborts = await _aborts(runtime, agent_id, body.running)
-    while True:
-        waiter = runtime.wakeups.waiter(agent_channel(agent_id))
-        inbox = await runtime.store.poll_inbox(agent_id, with_running=body.start)
-        out = InboxOut(abort=aborts)
-        offered: list[str] = []
-        for item, state in inbox:
-            aid = item.assignment_id
-            if aid in running:
-                if item.cancel and aid in to_cancel:
-                    out.cancel.append(aid)
-            elif state == BuildState.ASSIGNED.value or (
-                # Started by an earlier poll whose answer the agent did not get.
-                body.start and state == BuildState.RUNNING.value
-            ):
-                offered.append(aid)
-                out.assignments.append(AssignmentOut(assignment_id=aid, build_id=item.build_id))
-        if offered and body.start:
-            out.assignments = await _start_offered(runtime, agent_id, offered)
-        remaining = deadline - time.monotonic()
-        if out.assignments or out.cancel or out.abort or remaining <= 0:
-            return out
-        # Wait in slices so a poll whose agent went away does not hold a shutdown up;
-        # the store is read again only when woken or at the deadline.
-        while (remaining := deadline - time.monotonic()) > 0:
-            if await Wakeups.wait(waiter, min(remaining, 1.0)):
-                break
-            if await request.is_disconnected():
+    gone: asyncio.Task[None] | None = None
+    try:
+        while True:
+            waiter = runtime.wakeups.waiter(agent_channel(agent_id))
+            inbox = await runtime.store.poll_inbox(agent_id, with_running=body.start)
+            out = InboxOut(abort=aborts)
+            offered: list[str] = []
+            for item, state in inbox:
+                aid = item.assignment_id
+                if aid in running:
+                    if item.cancel and aid in to_cancel:
+                        out.cancel.append(aid)
+                elif state == BuildState.ASSIGNED.value or (
+                    # Started by an earlier poll whose answer the agent did not get.
+                    body.start and state == BuildState.RUNNING.value
+                ):
+                    offered.append(aid)
+                    out.assignments.append(AssignmentOut(assignment_id=aid, build_id=item.build_id))
+            if offered and body.start:
+                out.assignments = await _start_offered(runtime, agent_id, offered)
+            remaining = deadline - time.monotonic()
+            if out.assignments or out.cancel or out.abort or remaining <= 0:
                 return out
+            # Purely event-driven: nothing runs for this poll until its channel is
+            # notified (here, or by another controller through LISTEN/NOTIFY), its
+            # agent disconnects, or the wait ends. Only a wake-up reads the store again:
+            # at the end of the wait the agent polls again at once, and that poll's
+            # first read finds whatever a lost wake-up (a NOTIFY is a hint) left behind.
+            if gone is None:
+                gone = asyncio.ensure_future(_disconnected(request))
+            if await _hold(waiter, gone, remaining) is not True:
+                return out  # the wait ended, or the agent went away
+    finally:
+        if gone is not None:
+            gone.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects. The body has been read, so the server's
+    next message is ``http.disconnect`` (uvicorn sends it when the connection is
+    lost; nothing polls)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            await asyncio.Event().wait()  # not a server we know: never say "gone"
+
+
+async def _hold(waiter: asyncio.Event, gone: asyncio.Task[None], timeout: float) -> bool | None:
+    """Wait for a wake-up (True), the client going away (False) or ``timeout`` (None)."""
+    if gone.done():
+        return False
+    woken = asyncio.ensure_future(waiter.wait())
+    try:
+        await asyncio.wait((woken, gone), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        woken.cancel()
+    if gone.done():
+        return False
+    return True if waiter.is_set() else None
 
 
 async def _start_offered(

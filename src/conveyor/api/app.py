@@ -85,6 +85,9 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
         slow_seconds=runtime.settings.slow_request_seconds,
     )
     app.include_router(routes_health.router)
+    # The agent protocol early: with thousands of agents it is most of the requests,
+    # and routes are matched in order (its /agent/v1 prefix overlaps no other route).
+    app.include_router(agent_protocol.router)
     app.include_router(routes_metrics.router)
     # Build routes first: /api/v1/jobs/{name:path}/builds must win over /jobs/{name:path}.
     app.include_router(routes_artifacts.router)
@@ -97,7 +100,6 @@ def create_app(runtime: Runtime, run_loops: bool = True) -> FastAPI:
     app.include_router(routes_credentials.router)
     app.include_router(routes_webhooks.router)
     app.include_router(routes_pools.router)
-    app.include_router(agent_protocol.router)
     app.include_router(routes_publications.router)
     app.include_router(routes_publications.agent_router)
     app.include_router(routes_retention.router)

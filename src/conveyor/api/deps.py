@@ -38,7 +38,9 @@ class Caller:
         self.principal.require(permission, job)
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread,
+    # two thread hand-offs on every request for an attribute read.
     runtime: Runtime = request.app.state.runtime
     return runtime
 

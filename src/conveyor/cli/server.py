@@ -42,6 +42,10 @@ def _uvicorn_config(app: object, settings: Settings) -> uvicorn.Config:
         access_log=False,
         timeout_keep_alive=75,
         timeout_graceful_shutdown=5,
+        # Each agent keeps two connections (heartbeats, long-poll): after a restart
+        # 2,000 agents reconnect 4,000 at once; uvicorn's default backlog (2048) would
+        # drop SYNs and make them retry a second later. The kernel caps it at somaxconn.
+        backlog=4096,
         # TLS straight from the controller (docs/security.md); None: plain HTTP.
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,

@@ -23,7 +23,7 @@ from conveyor.security.auth import (
     PRINCIPAL_KEY,
     LoginRequired,
     Principal,
-    agent_principal,
+    agent_principal_with,
     authenticate,
     digest,
     wants_html,
@@ -291,7 +291,7 @@ async def _check_agent(request: Request, runtime: Runtime, principal: Principal)
     if claimed not in principal.agent_ids:
         # The binding may be newer than this controller's cache: look once more.
         token = request.headers.get("authorization", "").partition(" ")[2].strip()
-        principal = await agent_principal(runtime, digest(token), fresh=True)
+        principal = await agent_principal_with(runtime, digest(token), principal, claimed)
         request.scope[PRINCIPAL_KEY] = principal
         if claimed not in principal.agent_ids and await db.agent_exists(runtime.store, claimed):
             await _deny(request, runtime, principal, f"not enrolled as agent {claimed}")

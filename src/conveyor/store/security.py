@@ -583,8 +583,11 @@ async def bind_agent(
     """Check that ``token`` may register ``agent_name``; returns a refusal reason or None.
 
     A name already bound to another usable token stays with it (a pool token must not
-    take over another agent's identity); a one-time token registers one agent only."""
-    async with store.write() as conn:
+    take over another agent's identity); a one-time token registers one agent only.
+
+    Only a one-time token is written here (claimed); for the others this is a read, and
+    takes no turn at SQLite's single writer (2,000 agents registering at once)."""
+    async with store.write() if token.one_time else store.read() as conn:
         agent_id = await conn.scalar(select(agents.c.id).where(agents.c.name == agent_name))
         if agent_id is not None:
             other = (
@@ -629,6 +632,17 @@ async def agents_of_token(store: Store, token_id: int) -> set[int]:
             )
         ).all()
     return {int(r.agent_id) for r in rows}
+
+
+async def is_bound(store: Store, agent_id: int, token_id: int) -> bool:
+    """Is ``agent_id`` enrolled with the token ``token_id``? (One row, by primary key.)"""
+    async with store.read() as conn:
+        value = await conn.scalar(
+            select(agent_bindings.c.agent_id).where(
+                agent_bindings.c.agent_id == agent_id, agent_bindings.c.token_id == token_id
+            )
+        )
+    return value is not None
 
 
 async def agent_exists(store: Store, agent_id: int) -> bool:
