@@ -225,6 +225,8 @@ def render_nginx(options: LbOptions) -> str:
             "daemon off;",
         ]
     out.append("worker_processes auto;")
+    # A worker holds two descriptors per proxied connection: let it open enough.
+    out.append("worker_rlimit_nofile 65536;")
     if prefix is not None:
         out += [f"pid {prefix}/nginx.pid;", f"error_log {prefix}/logs/error.log warn;"]
     else:
@@ -233,9 +235,10 @@ def render_nginx(options: LbOptions) -> str:
         "",
         "events {",
         "    # Every agent holds a long-poll open, and every follower of a live log an SSE",
-        "    # stream: each costs two connections here (client + controller). Raise the",
-        "    # open-files limit (worker_rlimit_nofile / LimitNOFILE) along with this.",
-        "    worker_connections 4096;",
+        "    # stream: each costs two connections here (client + controller), per worker.",
+        "    # 4096 ran out at ~1,000 agents on one worker (bench/agents.py); 16384 serves",
+        "    # ~8,000 per worker. The open-files limit above (and LimitNOFILE) must allow it.",
+        "    worker_connections 16384;",
         "}",
         "",
         "http {",
