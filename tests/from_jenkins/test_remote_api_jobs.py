@@ -196,6 +196,9 @@ def test_pipeline_from_scm_job_builds_the_repository_jenkinsfile(
 
     info = _finished(server, "team/app", server.build_job("team/app", {"WHO": "jenkins"}))
     assert info["result"] == "SUCCESS"
+    assert info["_class"] == "org.jenkinsci.plugins.workflow.job.WorkflowRun"
+    last = server.get_job_info("team/app")["lastBuild"]
+    assert last["_class"].endswith("WorkflowRun") and last["number"] == info["number"]
     console = server.get_build_console_output("team/app", info["number"])
     assert "hello jenkins from the repository" in console
     assert [a["relativePath"] for a in info["artifacts"]] == ["greeting.txt"]

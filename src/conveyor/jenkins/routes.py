@@ -129,15 +129,28 @@ async def _agent_names(runtime: Runtime) -> dict[int, str]:
     return {a.id: a.name for a in await runtime.store.list_agents()}
 
 
+FREESTYLE_JOB = "hudson.model.FreeStyleProject"
+PIPELINE_JOB = "org.jenkinsci.plugins.workflow.job.WorkflowJob"
+#: A build's class by its job's, as Jenkins reports them (clients dispatch on these).
+RUN_CLASS = {
+    FREESTYLE_JOB: "hudson.model.FreeStyleBuild",
+    PIPELINE_JOB: "org.jenkinsci.plugins.workflow.job.WorkflowRun",
+}
+
+
 def build_json(
-    base: str, build: BuildRecord, agents: dict[int, str], artifacts: list[str]
+    base: str,
+    build: BuildRecord,
+    agents: dict[int, str],
+    artifacts: list[str],
+    job_class: str = FREESTYLE_JOB,
 ) -> dict[str, Any]:
     end = build.finished_at or None
     duration = 0
     if build.started_at is not None and end is not None:
         duration = int((end - build.started_at).total_seconds() * 1000)
     return {
-        "_class": "hudson.model.FreeStyleBuild",
+        "_class": RUN_CLASS[job_class],
         "number": build.number,
         "id": str(build.number),
         "url": f"{job_url(base, build.job_name)}{build.number}/",
@@ -180,11 +193,13 @@ def _file(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-def _ref(base: str, build: BuildRecord | None) -> dict[str, Any] | None:
+def _ref(
+    base: str, build: BuildRecord | None, job_class: str = FREESTYLE_JOB
+) -> dict[str, Any] | None:
     if build is None:
         return None
     return {
-        "_class": "hudson.model.FreeStyleBuild",
+        "_class": RUN_CLASS[job_class],
         "number": build.number,
         "url": f"{job_url(base, build.job_name)}{build.number}/",
     }
@@ -215,8 +230,8 @@ def _parameter_definitions(pipeline: Pipeline | None) -> list[dict[str, Any]]:
 def _job_class(job: JobRecord) -> str:
     # A job reading its pipeline from the repository is a Jenkins pipeline job.
     if is_scm_flow(job.spec):
-        return "org.jenkinsci.plugins.workflow.job.WorkflowJob"
-    return "hudson.model.FreeStyleProject"
+        return PIPELINE_JOB
+    return FREESTYLE_JOB
 
 
 async def job_json(runtime: Runtime, base: str, job: JobRecord, depth: int = 1) -> dict[str, Any]:
@@ -246,6 +261,7 @@ async def job_json(runtime: Runtime, base: str, job: JobRecord, depth: int = 1) 
         pipeline = None  # a job reading its pipeline from the repository
     queued = [b for b in recent if b.state is BuildState.QUEUED]
     failed = (BuildState.FAILED, BuildState.TIMED_OUT, BuildState.LOST)
+    cls = _job_class(job)
     return {
         **summary,
         "fullName": job.name,
@@ -254,13 +270,13 @@ async def job_json(runtime: Runtime, base: str, job: JobRecord, depth: int = 1) 
         "description": job.description or "",
         "buildable": not job.disabled,
         "disabled": job.disabled,
-        "builds": [_ref(base, b) for b in recent],
-        "firstBuild": _ref(base, recent[-1] if recent else None),
-        "lastBuild": _ref(base, recent[0] if recent else None),
-        "lastCompletedBuild": _ref(base, finished[0] if finished else None),
-        "lastSuccessfulBuild": _ref(base, await last((BuildState.SUCCEEDED,))),
-        "lastFailedBuild": _ref(base, await last(failed)),
-        "lastUnsuccessfulBuild": _ref(base, await last((*failed, BuildState.CANCELLED))),
+        "builds": [_ref(base, b, cls) for b in recent],
+        "firstBuild": _ref(base, recent[-1] if recent else None, cls),
+        "lastBuild": _ref(base, recent[0] if recent else None, cls),
+        "lastCompletedBuild": _ref(base, finished[0] if finished else None, cls),
+        "lastSuccessfulBuild": _ref(base, await last((BuildState.SUCCEEDED,)), cls),
+        "lastFailedBuild": _ref(base, await last(failed), cls),
+        "lastUnsuccessfulBuild": _ref(base, await last((*failed, BuildState.CANCELLED)), cls),
         "nextBuildNumber": (recent[0].number + 1) if recent else 1,
         "inQueue": bool(queued),
         "queueItem": None if not queued else {"id": queued[-1].id},
@@ -558,7 +574,8 @@ async def job_get(path: str, request: Request) -> Response:
     if page in ([], ["api", "json"]):
         artifacts = [a.path for a in await runtime.store.list_artifacts(build.id)]
         agents = await _agent_names(runtime)
-        return _json(request, build_json(base, build, agents, artifacts))
+        job_class = _job_class(await runtime.store.get_job(target.job))
+        return _json(request, build_json(base, build, agents, artifacts, job_class))
     if page == ["consoleText"]:
         data = await read_log(runtime, build, 0, MAX_CONSOLE)
         return Response(
