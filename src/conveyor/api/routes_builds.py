@@ -20,6 +20,7 @@ from conveyor.api.schemas import (
     QueueItemOut,
     TriggerIn,
 )
+from conveyor.controller.job_admin import DeletedBuild
 from conveyor.controller.job_admin import delete_build as remove_build
 from conveyor.core.dispatch import explain_waits
 from conveyor.core.permissions import Permission
@@ -118,14 +119,11 @@ async def cancel_build(build_id: int, runtime: RuntimeDep, caller: CallerDep) ->
     return BuildOut.of(await runtime.builds.cancel(build_id, caller.name))
 
 
-@router.delete("/builds/{build_id}")
-async def delete_build(
-    build_id: int, request: Request, runtime: RuntimeDep, caller: CallerDep, force: bool = False
-) -> BuildDeletedOut:
-    """Delete a finished build with its steps, log and artifacts (409 while it is queued
-    or running; a pinned or released build only by an admin with ``force=true``)."""
-    build = await runtime.store.get_build(build_id)
-    may_force = caller.can(Permission.CONFIG_MANAGE, build.job_name)
+async def delete_build_audited(
+    request: Request, runtime: Runtime, build: BuildRecord, may_force: bool, force: bool
+) -> DeletedBuild:
+    """Delete a finished build (controller.job_admin's rules) and audit it; shared by
+    this API and the Jenkins-compatible ``doDelete``."""
     deleted = await remove_build(runtime.store, runtime.blobs, build, may_force, force)
     await audit_request(
         request,
@@ -137,6 +135,18 @@ async def delete_build(
         blobs=deleted.blobs,
         forced=force,
     )
+    return deleted
+
+
+@router.delete("/builds/{build_id}")
+async def delete_build(
+    build_id: int, request: Request, runtime: RuntimeDep, caller: CallerDep, force: bool = False
+) -> BuildDeletedOut:
+    """Delete a finished build with its steps, log and artifacts (409 while it is queued
+    or running; a pinned or released build only by an admin with ``force=true``)."""
+    build = await runtime.store.get_build(build_id)
+    may_force = caller.can(Permission.CONFIG_MANAGE, build.job_name)
+    deleted = await delete_build_audited(request, runtime, build, may_force, force)
     return BuildDeletedOut(
         id=deleted.build_id, job=deleted.job, number=deleted.number, blobs_deleted=deleted.blobs
     )

@@ -20,8 +20,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from conveyor.api.logs import read_log
+from conveyor.api.routes_builds import delete_build_audited
 from conveyor.api.routes_jobs import job_fields
-from conveyor.controller.job_admin import delete_build, set_job_disabled
+from conveyor.controller.job_admin import set_job_disabled
 from conveyor.controller.job_edits import guard_managed_edit
 from conveyor.core.jenkins_compat import (
     JENKINS_VERSION,
@@ -45,7 +46,6 @@ from conveyor.core.pipeline import Pipeline, parse_pipeline
 from conveyor.core.states import BuildState
 from conveyor.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from conveyor.runtime import Runtime
-from conveyor.security.audit import audit_request
 from conveyor.security.auth import Principal, current_principal
 from conveyor.store.records import BuildRecord, JobRecord
 
@@ -660,16 +660,7 @@ async def job_post(path: str, request: Request) -> Response:
     if len(rest) == 2 and rest[1] == "doDelete":
         principal.require(Permission.JOB_WRITE, target.job)
         build = await _build_of(runtime, target.job, rest[0])
-        deleted = await delete_build(runtime.store, runtime.blobs, build, False, False)
-        await audit_request(
-            request,
-            runtime,
-            "build.delete",
-            200,
-            target=f"{deleted.job} #{deleted.number}",
-            build_id=deleted.build_id,
-            blobs=deleted.blobs,
-        )
+        await delete_build_audited(request, runtime, build, False, False)  # never forced
         return Response("", headers={"X-Jenkins": JENKINS_VERSION})
     if rest == ["doDelete"]:
         principal.require(Permission.JOB_WRITE, target.job)
