@@ -475,11 +475,17 @@ def wait_for(
 
 
 def start_controllers(
-    processes: Processes, home: Path, database_url: str | None, controllers: int, log_level: str
+    processes: Processes,
+    home: Path,
+    database_url: str | None,
+    controllers: int,
+    log_level: str,
+    token: str | None = None,
 ) -> tuple[str, str]:
     """N controllers on one PostgreSQL database behind nginx (``conveyor cluster up`` with
     no agents of its own; ours connect through nginx): (nginx URL, admin token). Stopped
-    by :meth:`Processes.stop_all` (``conveyor cluster down``: nginx, then controllers)."""
+    by :meth:`Processes.stop_all` (``conveyor cluster down``: nginx, then controllers).
+    ``token``: an admin token of a database that already has one (filled beforehand)."""
     from conveyor import cluster as cluster_mod
 
     if not database_url or not database_url.startswith("postgresql"):
@@ -492,6 +498,7 @@ def start_controllers(
         agents=0,
         port=free_port(),
         log_level=log_level,
+        token=token,
     )
     processes.cluster_home = cluster_home
     try:
@@ -513,9 +520,14 @@ def start_cluster(
     executors: int,
     log_level: str,
     controllers: int = 1,
+    admin_token: str | None = None,
 ) -> Cluster:
+    """``admin_token``: for a database filled beforehand (its admin token; with one
+    controller it is also in HOME/admin-token)."""
     if controllers > 1:
-        url, token = start_controllers(processes, home, database_url, controllers, log_level)
+        url, token = start_controllers(
+            processes, home, database_url, controllers, log_level, admin_token
+        )
     else:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -531,6 +543,8 @@ def start_cluster(
 
         wait_for(ready, 60, f"controller /readyz on {url}", processes, 0.1)
         token = (home / "admin-token").read_text().strip()
+    if agents == 0:  # controllers only (bench/history.py measures the API alone)
+        return Cluster(home=home, url=url, token=token, processes=processes)
     # Agents enrol with an agent token (the agent protocol refuses user tokens).
     enrol = httpx.post(
         f"{url}/api/v1/agent-tokens",
