@@ -10,7 +10,8 @@ installation: a few jobs hold most builds (Zipf-like weights), ~86 % succeeded,
 
 Then it measures p50/p95/p99 of: the job list, a big job's builds (first page and a
 deep page by cursor), all builds (first and deep page), a failed-builds filter, a
-build's detail, the queue and the ``/ui/`` dashboard, in one of two modes:
+build's detail, the failed builds of the job with the fewest builds, the queue and
+the ``/ui/`` dashboard, in one of two modes:
 
 - ``--controllers 0`` (the default): in-process, the real FastAPI app over httpx
   ``ASGITransport``; no network, so the figures are the app's own time.
@@ -191,7 +192,13 @@ async def fill(runtime: Runtime, n_jobs: int, n_builds: int, seed: int) -> dict[
         async with runtime.store.write() as conn:
             await conn.exec_driver_sql("ANALYZE")
     biggest = max(numbers, key=lambda n: numbers[n])
-    return {"biggest_job": biggest, "biggest_job_builds": numbers[biggest]}
+    smallest = min(numbers, key=lambda n: numbers[n])
+    return {
+        "biggest_job": biggest,
+        "biggest_job_builds": numbers[biggest],
+        "smallest_job": smallest,
+        "smallest_job_builds": numbers[smallest],
+    }
 
 
 class SqlTimer:
@@ -247,7 +254,9 @@ class Target:
     url: str | None = None
 
 
-def endpoint_table(job: str, ids: list[int], deep_job: int, deep_all: int) -> dict[str, Any]:
+def endpoint_table(
+    job: str, small: str, ids: list[int], deep_job: int, deep_all: int
+) -> dict[str, Any]:
     return {
         "job list": ("/api/v1/jobs", {}),
         "job builds, first page": (f"/api/v1/jobs/{job}/builds", {}),
@@ -256,6 +265,8 @@ def endpoint_table(job: str, ids: list[int], deep_job: int, deep_all: int) -> di
         "all builds, deep page": ("/api/v1/builds", {"cursor": deep_all}),
         "failed builds": ("/api/v1/builds", {"state": "failed"}),
         "job's failed builds": (f"/api/v1/jobs/{job}/builds", {"state": "failed"}),
+        # A job with few builds: its failures are not found by walking the newest ids.
+        "small job's failed builds": (f"/api/v1/jobs/{small}/builds", {"state": "failed"}),
         "build detail": (f"/api/v1/builds/{ids[len(ids) // 2]}", {}),
         "build by number": (f"/api/v1/jobs/{job}/builds/1", {}),
         "queue": ("/api/v1/queue", {}),
@@ -313,7 +324,8 @@ async def measure(
         deep_job_cursor = await _deep_cursor(client, f"/api/v1/jobs/{job}/builds", depth=0.9)
         all_first = (await client.get("/api/v1/builds")).json()["items"]
         deep_all_cursor = max(1, int(all_first[0]["id"] * 0.1))
-    endpoints = endpoint_table(job, ids, deep_job_cursor, deep_all_cursor)
+    small = facts["smallest_job"]
+    endpoints = endpoint_table(job, small, ids, deep_job_cursor, deep_all_cursor)
     plans: dict[str, str] = {}
     runs: list[dict[str, Any]] = []
     for count in client_counts:
