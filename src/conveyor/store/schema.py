@@ -102,6 +102,10 @@ builds = Table(
     Index("ix_builds_job_name_id", "job_name", "id"),
     # A build by job name and number (URLs, CLI): see migration 0013.
     Index("ix_builds_job_name_number", "job_name", "number"),
+    # The dashboard's trends: the finished builds of the last week (migration 0018).
+    Index("ix_builds_finished_at", "finished_at"),
+    # A job's builds in a state, newest first (migration 0018).
+    Index("ix_builds_job_name_state_id", "job_name", "state", "id"),
 )
 
 build_steps = Table(
