@@ -75,17 +75,27 @@ def agents_table(records: list[dict[str, Any]]) -> list[str]:
 
 
 def history_table(records: list[dict[str, Any]]) -> list[str]:
+    """One row per endpoint and number of concurrent clients. Older records (in-process,
+    one client, no "runs") show – in the newer columns."""
     lines = [
-        "| database | builds | endpoint | p50 ms | p95 ms | slowest SQL ms | load 1 min |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| database | mode | controllers | clients | builds | endpoint | p50 ms | p95 ms "
+        "| p99 ms | req/s | server CPU ms / request | slowest SQL ms | load 1 min |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for record in records:
         builds = record.get("parameters", {}).get("builds", "?")
-        for label, row in record.get("endpoints", {}).items():
-            lines.append(
-                f"| {record['database']} | {builds:,} | {label} | {_ms(row['ms'], 'p50')} "
-                f"| {_ms(row['ms'], 'p95')} | {row['slowest_sql_ms']} | {_load(row['loadavg'])} |"
-            )
+        mode = record.get("mode", "in-process")
+        controllers = record.get("controllers", 0)
+        runs = record.get("runs") or [{"clients": 1, "endpoints": record.get("endpoints", {})}]
+        for run in runs:
+            for label, row in run.get("endpoints", {}).items():
+                lines.append(
+                    f"| {record['database']} | {mode} | {controllers or '–'} | {run['clients']} "
+                    f"| {builds:,} | {label} | {_ms(row['ms'], 'p50')} | {_ms(row['ms'], 'p95')} "
+                    f"| {_ms(row['ms'], 'p99')} | {row.get('requests_per_s', '–')} "
+                    f"| {row.get('cpu_ms_per_request', '–')} | {row['slowest_sql_ms']} "
+                    f"| {_load(row['loadavg'])} |"
+                )
     return lines
 
 
