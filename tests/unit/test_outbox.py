@@ -846,3 +846,30 @@ async def test_a_new_process_resends_every_chunk_that_was_in_flight(
     second.start()
     assert await asyncio.wait_for(second.wait(), 10) is True
     assert fake.log == part1 + part2
+
+
+async def test_a_flood_is_written_to_disk_while_the_writer_goes_on_up_to_a_bound(
+    tmp_path: Path, fake: FakeController, client: AgentClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = BuildOutbox._write_log_sync
+
+    def slow_disk(self: BuildOutbox, data: bytes) -> None:
+        time.sleep(0.3)  # write + fsync of a slow disk
+        original(self, data)
+
+    monkeypatch.setattr(BuildOutbox, "_write_log_sync", slow_disk)
+    outbox = make(tmp_path / "outbox", client)
+    await outbox.open()
+    outbox.start()
+    piece = b"y" * (64 * 1024 - 1) + b"\n"
+    started = time.monotonic()
+    for _ in range(48):  # 3 MiB: below MAX_PENDING_BYTES, the writer never waits
+        await outbox.write(piece)
+    assert time.monotonic() - started < 0.25
+    for _ in range(48):  # 3 MiB more: past the bound the writer waits for the disk
+        await outbox.write(piece)
+    assert time.monotonic() - started >= 0.3
+    assert len(outbox._pending) < outbox_module.MAX_PENDING_BYTES + len(piece)
+    await outbox.finish("succeeded", None)
+    assert await asyncio.wait_for(outbox.wait(), 20) is True
+    assert fake.log == piece * 96

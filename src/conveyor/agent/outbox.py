@@ -56,7 +56,9 @@ Durability: events are fsync'd when appended (after the log bytes before them);
 log output is gathered in memory and written + fsync'd to the spool
 ``LIVE_FLUSH_SECONDS`` after a write when the sender is idle (live output), else
 when the sender is ready again, after at most ``FLUSH_SECONDS``, or once
-``FLUSH_BYTES`` gathered; never per write. Only flushed bytes are sent.
+``FLUSH_BYTES`` gathered (then at once, by the flusher task, while the writer goes
+on: it waits for the disk only once ``MAX_PENDING_BYTES`` are pending); never per
+write. Only flushed bytes are sent.
 A disk error (full...) makes the writer wait and retry, never tears a file.
 
 Bound: the log bytes not yet acknowledged, over all outboxes sharing an
@@ -111,6 +113,9 @@ PIPELINE_MIN_BYTES = 1024 * 1024
 #: much gathered...
 FLUSH_SECONDS = 0.1
 FLUSH_BYTES = 1024 * 1024
+#: Once FLUSH_BYTES gathered the flusher writes them at once while the writer goes on
+#: reading the step's output; the writer waits for the disk only past this much.
+MAX_PENDING_BYTES = 4 * FLUSH_BYTES
 #: ...and this soon when the sender waits for output (a live follower sees a line
 #: within a few ms of the agent, not after a fixed flush period).
 LIVE_FLUSH_SECONDS = 0.005
@@ -305,6 +310,7 @@ class BuildOutbox:
         self._wake = asyncio.Event()  # the sender has something new
         self._dirty = asyncio.Event()  # the flusher has something to write
         self._sender_idle = asyncio.Event()  # the sender waits for something to send
+        self._urgent = asyncio.Event()  # FLUSH_BYTES gathered: flush without waiting
         self._ended = asyncio.Event()
         self._log_file: BinaryIO | None = None
         self._log_file_size = 0
@@ -432,10 +438,20 @@ class BuildOutbox:
         self._pending += data
         self._written += len(data)
         if len(self._pending) >= FLUSH_BYTES:
-            async with self._io_lock:
+            if len(self._pending) < MAX_PENDING_BYTES and self._flushing_behind():
+                # A flood: the flusher writes (and fsyncs) in its own time while this
+                # writer goes on reading the step's output.
+                self._urgent.set()
+                self._dirty.set()
+                return
+            async with self._io_lock:  # the disk is behind: the writer waits for it
                 await self._flush_locked()
         else:
             self._dirty.set()
+
+    def _flushing_behind(self) -> bool:
+        """Whether a flusher task runs (and so takes output gathered past FLUSH_BYTES)."""
+        return self._flusher is not None and not self._flusher.done() and not self._closing
 
     async def add_step(
         self, key: str, state: StepState, exit_code: int | None, attempt: int
@@ -491,16 +507,17 @@ class BuildOutbox:
     async def _flush_loop(self) -> None:
         while True:
             await self._dirty.wait()
-            if not self._closing:
+            if not self._closing and not self._urgent.is_set():
                 # Gather output (one write, one fsync): briefly when the sender waits
-                # for it, else until the sender is free again (at most FLUSH_SECONDS).
+                # for it, else until the sender is free again (at most FLUSH_SECONDS),
+                # or FLUSH_BYTES gathered.
                 await asyncio.sleep(LIVE_FLUSH_SECONDS)
-                if not self._sender_idle.is_set() and not self._closing:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self._sender_idle.wait(), FLUSH_SECONDS - LIVE_FLUSH_SECONDS
-                        )
+                if not (self._sender_idle.is_set() or self._urgent.is_set() or self._closing):
+                    await _first_of(
+                        (self._sender_idle, self._urgent), FLUSH_SECONDS - LIVE_FLUSH_SECONDS
+                    )
             self._dirty.clear()
+            self._urgent.clear()
             try:
                 async with self._io_lock:
                     if self._dropped:
@@ -959,6 +976,16 @@ class BuildOutbox:
         shutil.rmtree(self.directory, ignore_errors=True)
         with contextlib.suppress(OSError):
             _fsync_dir(self.directory.parent)
+
+
+async def _first_of(events: tuple[asyncio.Event, ...], timeout: float) -> None:
+    """Wait until one of ``events`` is set, at most ``timeout`` seconds."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def _progress_from_json(state: dict[str, Any], meta: dict[str, Any], fresh: bool) -> _Progress:
