@@ -873,3 +873,19 @@ async def test_a_flood_is_written_to_disk_while_the_writer_goes_on_up_to_a_bound
     await outbox.finish("succeeded", None)
     assert await asyncio.wait_for(outbox.wait(), 20) is True
     assert fake.log == piece * 96
+
+
+def test_a_state_file_of_the_previous_version_is_read_back() -> None:
+    """Version 1 (one chunk in flight at most) left by an older agent: its chunk is
+    resent exactly as recorded."""
+    state = {
+        "version": 1,
+        "acked_offset": 100,
+        "next_seq": 3,
+        "events_acked": 1,
+        "inflight": {"seq": 3, "offset": 100, "size": 50},
+    }
+    progress = outbox_module._progress_from_json(state, {}, fresh=False)
+    assert (progress.acked, progress.seq, progress.events_acked) == (100, 3, 1)
+    assert progress.inflight == [outbox_module._Chunk(3, 100, 50)]
+    assert outbox_module._progress_from_json({"inflight": None}, {}, fresh=False).inflight == []
