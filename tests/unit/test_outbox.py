@@ -34,6 +34,7 @@ class FakeController:
     def __init__(self) -> None:
         self.chunks: dict[int, tuple[int, bytes]] = {}
         self.log_size = 0  # contiguous bytes received
+        self._next_seq = 0  # first seq not yet in the contiguous log
         #: every event as applied (a resend after a lost answer appears twice),
         #: with the log size when it was applied
         self.applied: list[tuple[str, dict[str, Any], int]] = []
@@ -57,6 +58,15 @@ class FakeController:
         self.multi = False
         self.per_build: dict[str, list[str]] = {}
         self._count = 0
+        #: log chunks whose requests fail (connection refused) while their seq is here
+        self.fail_seqs: set[int] = set()
+        #: log chunks whose first request is held this long before it is applied
+        self.hold_seqs: dict[int, float] = {}
+        #: log chunks whose first request is applied, then its answer lost
+        self.lose_seqs: set[int] = set()
+        self.log_requests: list[int] = []  # the seq of every log request, as it arrived
+        self.log_busy = 0  # log requests being handled now...
+        self.log_busy_max = 0  # ... and the most at once
 
     async def handler(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -79,13 +89,29 @@ class FakeController:
         kind = path.rsplit("/", 1)[1]
         if kind == "log":
             seq = int(request.url.params["seq"])
+            self.log_requests.append(seq)
+            if seq in self.fail_seqs:
+                raise httpx.ConnectError("connection refused", request=request)
+            self.log_busy += 1
+            self.log_busy_max = max(self.log_busy_max, self.log_busy)
+            try:
+                await asyncio.sleep(self.hold_seqs.pop(seq, 0.001))
+            finally:
+                self.log_busy -= 1
             offset = int(request.url.params["offset"])
             if seq in self.chunks:
                 assert self.chunks[seq] == (offset, body), f"seq {seq} resent with other bytes"
             else:
-                assert offset == self.log_size, f"seq {seq} at {offset}, have {self.log_size}"
+                # Chunks may arrive out of order (several in flight), like the real
+                # store: kept by seq, the log is the contiguous run from seq 0.
                 self.chunks[seq] = (offset, body)
-                self.log_size += len(body)
+                while self._next_seq in self.chunks:
+                    at, chunk = self.chunks[self._next_seq]
+                    assert at == self.log_size, (
+                        f"seq {self._next_seq} at {at}, have {self.log_size}"
+                    )
+                    self.log_size += len(chunk)
+                    self._next_seq += 1
             answer = {"cancel": self.cancel}
         elif kind == "events":
             if not self.events_route:
@@ -109,6 +135,9 @@ class FakeController:
         else:
             self.applied.append((kind, json.loads(body), self.log_size))
         self._count += 1
+        if kind == "log" and int(request.url.params["seq"]) in self.lose_seqs:
+            self.lose_seqs.discard(int(request.url.params["seq"]))
+            raise httpx.ReadError("connection reset before the answer", request=request)
         if self.lose_answers or (self.lose_every and self._count % self.lose_every == 0):
             raise httpx.ReadError("connection reset before the answer", request=request)
         return httpx.Response(200, json=answer)
@@ -721,3 +750,142 @@ async def test_assignments_beyond_the_free_executors_wait_on_the_agent(
     assert fake.per_build["a-3"][0] == "start"
     for aid in ("a-1", "a-2", "a-3"):
         assert fake.per_build[aid][-1] == "finish"
+
+
+# ----------------------------------------------------------- chunks in flight
+
+
+def _numbered(count: int, width: int = 100) -> bytes:
+    """``count`` distinct lines of ``width`` bytes: a reordered or doubled chunk shows."""
+    return b"".join(f"{i:0{width - 1}d}\n".encode() for i in range(count))
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> int:
+    """64 KiB chunks, a second one in flight from 16 KiB: a few hundred KiB is a flood."""
+    monkeypatch.setattr(outbox_module, "MAX_CHUNK", 64 * 1024)
+    monkeypatch.setattr(outbox_module, "PIPELINE_MIN_BYTES", 16 * 1024)
+    return 64 * 1024
+
+
+async def test_a_flood_goes_with_two_chunks_in_flight(
+    tmp_path: Path, fake: FakeController, client: AgentClient, small_chunks: int
+) -> None:
+    outbox = make(tmp_path / "outbox", client)
+    await outbox.open()
+    data = _numbered(10_000)  # ~1 MB: about 15 chunks
+    for i in range(0, len(data), 100_000):
+        await outbox.write(data[i : i + 100_000])
+    fake.hold_seqs = {seq: 0.05 for seq in range(20)}  # each takes a while to store
+    outbox.start()
+    await outbox.add_step("s1", StepState.SUCCEEDED, 0, 1)
+    await outbox.finish("succeeded", None)
+    assert await asyncio.wait_for(outbox.wait(), 20) is True
+    assert fake.log == data
+    assert fake.log_busy_max == outbox_module.MAX_INFLIGHT_CHUNKS
+    # The events still came after all the log before them.
+    assert [size for _, _, size in fake.events()] == [len(data), len(data)]
+
+
+@pytest.mark.parametrize("fault", ["refused", "answer lost"])
+async def test_a_failed_second_chunk_in_flight_is_resent_and_the_log_is_whole(
+    tmp_path: Path, fake: FakeController, client: AgentClient, small_chunks: int, fault: str
+) -> None:
+    outbox = make(tmp_path / "outbox", client)
+    await outbox.open()
+    data = _numbered(3000)  # ~300 KB: 5 chunks
+    await outbox.write(data)
+    # Chunk 0 is slow to store, so chunk 1 is sent meanwhile, and fails: refused before
+    # it is stored, or stored and its answer lost (the agent cannot tell which).
+    fake.hold_seqs = {0: 0.3}
+    if fault == "refused":
+        fake.fail_seqs = {1}
+    else:
+        fake.lose_seqs = {1}
+    outbox.start()
+    await eventually(lambda: 0 in fake.chunks)
+    await eventually(lambda: fake.log_requests.count(1) >= 2)  # chunk 1 is being resent
+    if fault == "refused":
+        await asyncio.sleep(0.2)
+        # Nothing past the acknowledged chunk 0 counts as delivered.
+        assert outbox.acked_offset == small_chunks
+        state = json.loads((tmp_path / "outbox" / AID / "state.json").read_text())
+        assert state["acked_offset"] <= small_chunks
+        assert [c["seq"] for c in state["inflight"]] in ([1], [1, 2])
+        fake.fail_seqs = set()
+    await outbox.finish("succeeded", None)
+    assert await asyncio.wait_for(outbox.wait(), 20) is True
+    assert fake.log == data  # exactly once, in order
+    assert fake.events() == [("finish", {"result": "succeeded", "cause": None}, len(data))]
+
+
+async def test_a_new_process_resends_every_chunk_that_was_in_flight(
+    tmp_path: Path, fake: FakeController, client: AgentClient, small_chunks: int
+) -> None:
+    root = tmp_path / "outbox"
+    first = make(root, client)
+    await first.open()
+    part1 = _numbered(1500)  # ~150 KB: two full chunks and a bit
+    await first.write(part1)
+    fake.lose_answers = True  # applied, never acknowledged
+    first.start()
+    await eventually(lambda: {0, 1} <= set(fake.chunks))
+    await asyncio.sleep(0.1)
+    fake.down = True
+    await first.close()
+    state = json.loads((root / AID / "state.json").read_text())
+    assert state["acked_offset"] == 0
+    assert [c["seq"] for c in state["inflight"]] == [0, 1]
+
+    fake.lose_answers = fake.down = False
+    second = make(root, client)
+    await second.open()
+    part2 = _numbered(500)
+    await second.write(part2)  # more output: the resent chunks must be the same bytes
+    await second.finish("succeeded", None)
+    second.start()
+    assert await asyncio.wait_for(second.wait(), 10) is True
+    assert fake.log == part1 + part2
+
+
+async def test_a_flood_is_written_to_disk_while_the_writer_goes_on_up_to_a_bound(
+    tmp_path: Path, fake: FakeController, client: AgentClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = BuildOutbox._write_log_sync
+
+    def slow_disk(self: BuildOutbox, data: bytes) -> None:
+        time.sleep(0.3)  # write + fsync of a slow disk
+        original(self, data)
+
+    monkeypatch.setattr(BuildOutbox, "_write_log_sync", slow_disk)
+    outbox = make(tmp_path / "outbox", client)
+    await outbox.open()
+    outbox.start()
+    piece = b"y" * (64 * 1024 - 1) + b"\n"
+    started = time.monotonic()
+    for _ in range(48):  # 3 MiB: below MAX_PENDING_BYTES, the writer never waits
+        await outbox.write(piece)
+    assert time.monotonic() - started < 0.25
+    for _ in range(48):  # 3 MiB more: past the bound the writer waits for the disk
+        await outbox.write(piece)
+    assert time.monotonic() - started >= 0.3
+    assert len(outbox._pending) < outbox_module.MAX_PENDING_BYTES + len(piece)
+    await outbox.finish("succeeded", None)
+    assert await asyncio.wait_for(outbox.wait(), 20) is True
+    assert fake.log == piece * 96
+
+
+def test_a_state_file_of_the_previous_version_is_read_back() -> None:
+    """Version 1 (one chunk in flight at most) left by an older agent: its chunk is
+    resent exactly as recorded."""
+    state = {
+        "version": 1,
+        "acked_offset": 100,
+        "next_seq": 3,
+        "events_acked": 1,
+        "inflight": {"seq": 3, "offset": 100, "size": 50},
+    }
+    progress = outbox_module._progress_from_json(state, {}, fresh=False)
+    assert (progress.acked, progress.seq, progress.events_acked) == (100, 3, 1)
+    assert progress.inflight == [outbox_module._Chunk(3, 100, 50)]
+    assert outbox_module._progress_from_json({"inflight": None}, {}, fresh=False).inflight == []

@@ -15,14 +15,28 @@ Layout of ``WORKDIR/outbox/<assignment_id>/``:
   workspace being cleaned); where no link can be made the event names the
   workspace file, which then stays until delivery.
 * ``state.json``: delivery progress (acknowledged log offset, next chunk seq,
-  acknowledged events) and the chunk in flight, written (temp file + rename)
+  acknowledged events) and the chunks in flight, written (temp file + rename)
   before each request, so a new agent process resumes exactly where this one
   stopped.
 
 Delivery: log chunks of up to ``MAX_CHUNK`` (4 MiB) go as ``POST .../log?seq=N&offset=BYTE``
 (the controller keeps the first chunk of each seq, so a resend is harmless as long
-as it is identical: the chunk in flight is recorded before it is sent, and a
-restarted agent resends exactly that chunk); an event goes only once every log
+as it is identical: the chunks in flight are recorded before they are sent, and a
+restarted agent resends exactly those chunks).
+
+Pipelining: up to ``MAX_INFLIGHT_CHUNKS`` (2) chunks are in flight at once, each
+request on its own connection, so the controller stores chunk N while chunk N+1
+travels and the agent saves its state for it. They may arrive (and be stored) out
+of order: the controller keys chunks by seq and its readers stop at a gap (a
+follower is woken again when the missing chunk lands). Each chunk is retried on
+its own, with the same seq, offset and bytes, until it is acknowledged; the agent
+advances (acknowledged offset, freed budget, deleted spool segments) strictly in
+seq order, only past chunks whose acknowledgement it holds, so a failure of the
+second chunk never moves anything past the first. A chunk beyond the first in
+flight is only cut once ``PIPELINE_MIN_BYTES`` are ready (a flood), so live
+output still goes one small chunk at a time, as soon as it is flushed.
+
+An event goes only once every log
 byte before its ``at`` was acknowledged (chunks are cut at event offsets), so the
 controller sees step results in order with the log. Step updates are idempotent
 state writes, an artifact PUT replaces, finish is idempotent: re-sending the one
@@ -42,7 +56,9 @@ Durability: events are fsync'd when appended (after the log bytes before them);
 log output is gathered in memory and written + fsync'd to the spool
 ``LIVE_FLUSH_SECONDS`` after a write when the sender is idle (live output), else
 when the sender is ready again, after at most ``FLUSH_SECONDS``, or once
-``FLUSH_BYTES`` gathered; never per write. Only flushed bytes are sent.
+``FLUSH_BYTES`` gathered (then at once, by the flusher task, while the writer goes
+on: it waits for the disk only once ``MAX_PENDING_BYTES`` are pending); never per
+write. Only flushed bytes are sent.
 A disk error (full...) makes the writer wait and retry, never tears a file.
 
 Bound: the log bytes not yet acknowledged, over all outboxes sharing an
@@ -68,6 +84,7 @@ import os
 import random
 import re
 import shutil
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,11 +102,20 @@ DEFAULT_MAX_OUTBOX_BYTES = 1024 * 1024 * 1024
 #: Largest log chunk sent in one request (the controller's MAX_LOG_CHUNK): a flood
 #: of output goes in few, large requests (one transaction each on the controller).
 MAX_CHUNK = 4 * 1024 * 1024
+#: Log chunks in flight at once (each on its own connection): the controller's write
+#: of one overlaps the agent's send of the next.
+MAX_INFLIGHT_CHUNKS = 2
+#: A chunk beyond the first in flight is cut only once this much is ready (a flood);
+#: a few live lines wait for the chunk in flight instead of making a tiny request.
+PIPELINE_MIN_BYTES = 1024 * 1024
 #: Output is written and fsync'd to the spool at most this long after it was written
 #: while a delivery is in flight (it could not be sent sooner anyway), or once this
 #: much gathered...
 FLUSH_SECONDS = 0.1
 FLUSH_BYTES = 1024 * 1024
+#: Once FLUSH_BYTES gathered the flusher writes them at once while the writer goes on
+#: reading the step's output; the writer waits for the disk only past this much.
+MAX_PENDING_BYTES = 4 * FLUSH_BYTES
 #: ...and this soon when the sender waits for output (a live follower sees a line
 #: within a few ms of the agent, not after a fixed flush period).
 LIVE_FLUSH_SECONDS = 0.005
@@ -197,22 +223,17 @@ class _Progress:
     acked: int = 0  # log bytes acknowledged by the controller
     seq: int = 0  # seq of the next log chunk
     events_acked: int = 0
-    inflight: _Chunk | None = None
+    #: the chunks in flight, in seq order (the first is at ``acked``, seq ``seq``)
+    inflight: list[_Chunk] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "version": 1,
+            "version": 2,
             "acked_offset": self.acked,
             "next_seq": self.seq,
             "events_acked": self.events_acked,
-            "inflight": None
-            if self.inflight is None
-            else {
-                "seq": self.inflight.seq,
-                "offset": self.inflight.offset,
-                "size": self.inflight.size,
-            },
+            "inflight": [{"seq": c.seq, "offset": c.offset, "size": c.size} for c in self.inflight],
             "meta": self.meta,
         }
 
@@ -289,11 +310,16 @@ class BuildOutbox:
         self._wake = asyncio.Event()  # the sender has something new
         self._dirty = asyncio.Event()  # the flusher has something to write
         self._sender_idle = asyncio.Event()  # the sender waits for something to send
+        self._urgent = asyncio.Event()  # FLUSH_BYTES gathered: flush without waiting
         self._ended = asyncio.Event()
         self._log_file: BinaryIO | None = None
         self._log_file_size = 0
         self._events_file: BinaryIO | None = None
         self._sender: asyncio.Task[None] | None = None
+        #: chunks being delivered, in seq order, each by its own task
+        self._window: deque[tuple[_Chunk, asyncio.Task[Any]]] = deque()
+        #: chunks a previous process recorded as in flight: resent exactly as they were
+        self._resend: list[_Chunk] = []
         self._flusher: asyncio.Task[None] | None = None
         self._opened = False
         self._finished = False  # a finish event was appended
@@ -335,6 +361,7 @@ class BuildOutbox:
         loaded = await asyncio.to_thread(self._load_sync)
         progress = loaded.state
         self._progress = _progress_from_json(progress, self._progress.meta, loaded.created)
+        self._resend = list(self._progress.inflight)
         self._events = loaded.events
         self._segments = loaded.segments
         self._flushed = self._written = loaded.flushed
@@ -411,10 +438,20 @@ class BuildOutbox:
         self._pending += data
         self._written += len(data)
         if len(self._pending) >= FLUSH_BYTES:
-            async with self._io_lock:
+            if len(self._pending) < MAX_PENDING_BYTES and self._flushing_behind():
+                # A flood: the flusher writes (and fsyncs) in its own time while this
+                # writer goes on reading the step's output.
+                self._urgent.set()
+                self._dirty.set()
+                return
+            async with self._io_lock:  # the disk is behind: the writer waits for it
                 await self._flush_locked()
         else:
             self._dirty.set()
+
+    def _flushing_behind(self) -> bool:
+        """Whether a flusher task runs (and so takes output gathered past FLUSH_BYTES)."""
+        return self._flusher is not None and not self._flusher.done() and not self._closing
 
     async def add_step(
         self, key: str, state: StepState, exit_code: int | None, attempt: int
@@ -470,16 +507,17 @@ class BuildOutbox:
     async def _flush_loop(self) -> None:
         while True:
             await self._dirty.wait()
-            if not self._closing:
+            if not self._closing and not self._urgent.is_set():
                 # Gather output (one write, one fsync): briefly when the sender waits
-                # for it, else until the sender is free again (at most FLUSH_SECONDS).
+                # for it, else until the sender is free again (at most FLUSH_SECONDS),
+                # or FLUSH_BYTES gathered.
                 await asyncio.sleep(LIVE_FLUSH_SECONDS)
-                if not self._sender_idle.is_set() and not self._closing:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self._sender_idle.wait(), FLUSH_SECONDS - LIVE_FLUSH_SECONDS
-                        )
+                if not (self._sender_idle.is_set() or self._urgent.is_set() or self._closing):
+                    await _first_of(
+                        (self._sender_idle, self._urgent), FLUSH_SECONDS - LIVE_FLUSH_SECONDS
+                    )
             self._dirty.clear()
+            self._urgent.clear()
             try:
                 async with self._io_lock:
                     if self._dropped:
@@ -530,16 +568,26 @@ class BuildOutbox:
     # -------------------------------------------------------------- delivery
 
     async def _send_loop(self) -> None:
+        try:
+            await self._deliver()
+        finally:
+            self._cancel_window()
+
+    async def _deliver(self) -> None:
         while True:
             try:
                 item = await self._next_item()
-                await self._save_state(item if isinstance(item, _Chunk) else None)
+                if isinstance(item, _Chunk):
+                    await self._dispatch(item)
+                    continue
+                await self._save_state([])  # no chunk in flight: events wait for acks
                 if isinstance(item, _Batch):
                     if await self._send_batch(item):
                         return
                     continue
-                answer = await self._send(item)
+                await self._send(item)
             except _Rejected as exc:
+                self._cancel_window()
                 await self._reject(exc.error)
                 return
             except asyncio.CancelledError:
@@ -549,18 +597,55 @@ class BuildOutbox:
                 log.exception("outbox.sender_error", assignment=self.assignment_id)
                 await asyncio.sleep(self.max_backoff)
                 continue
-            if isinstance(item, _Chunk):
-                self._progress.acked += item.size
-                self._progress.seq += 1
-                self._progress.inflight = None
-                self._release(item.size)
-                if isinstance(answer, dict) and answer.get("cancel") and self.on_cancel:
-                    self.on_cancel()
-            else:
-                self._progress.events_acked += 1
-                if item.kind == "finish":
-                    await self._complete()
-                    return
+            self._progress.events_acked += 1
+            if item.kind == "finish":
+                await self._complete()
+                return
+
+    async def _dispatch(self, chunk: _Chunk) -> None:
+        """Record the chunk as in flight (with those already in flight), then send it
+        in a task of its own; the sender goes on to the next one meanwhile."""
+        await self._save_state([*(c for c, _ in self._window), chunk])
+        task = asyncio.create_task(
+            self._deliver_chunk(chunk), name=f"outbox:{self.assignment_id}:{chunk.seq}"
+        )
+        task.add_done_callback(self._chunk_done)
+        self._window.append((chunk, task))
+
+    def _chunk_done(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled():
+            task.exception()  # retrieved here; _reap raises it again in seq order
+        self._wake.set()
+
+    async def _deliver_chunk(self, chunk: _Chunk) -> Any:
+        """Deliver one chunk, its same bytes until acknowledged; only a refusal ends it."""
+        while True:
+            try:
+                return await self._send(chunk)
+            except (_Rejected, asyncio.CancelledError):
+                raise
+            except Exception:
+                # A bug or a disk error (reading the spool): try again a little later.
+                log.exception("outbox.sender_error", assignment=self.assignment_id)
+                await asyncio.sleep(self.max_backoff)
+
+    def _reap(self) -> None:
+        """Advance past the acknowledged chunks at the head of the window, in seq order
+        (a later chunk acknowledged first waits for the ones before it); raises
+        _Rejected if the head chunk was refused."""
+        while self._window and self._window[0][1].done():
+            chunk, task = self._window.popleft()
+            answer = task.result()
+            self._progress.acked += chunk.size
+            self._progress.seq += 1
+            self._release(chunk.size)
+            if isinstance(answer, dict) and answer.get("cancel") and self.on_cancel:
+                self.on_cancel()
+
+    def _cancel_window(self) -> None:
+        for _, task in self._window:
+            task.cancel()
+        self._window.clear()
 
     async def _send_batch(self, batch: _Batch) -> bool:
         """Deliver consecutive ready events in one request (one by one where the batch
@@ -570,7 +655,7 @@ class BuildOutbox:
             answer = await self._send(batch)
         except _Unbatch:
             for event in batch.events:
-                await self._save_state(None)
+                await self._save_state([])
                 await self._send(event)
                 self._progress.events_acked += 1
                 if event.kind == "finish":
@@ -600,31 +685,41 @@ class BuildOutbox:
     async def _next_item(self) -> _Chunk | _Event | _Batch:
         """The next thing to deliver: an event once the log before it is acknowledged
         (with the ready events after it, when batching), else the next log chunk (cut
-        at the next event's offset); waits for one."""
+        at the next event's offset) while the window has room; waits for one."""
         while True:
+            self._reap()
             p = self._progress
+            window = self._window
+            sent = p.acked + sum(c.size for c, _ in window)  # end of the bytes in flight
             limit = self._flushed
             if p.events_acked < len(self._events):
                 event = self._events[p.events_acked]
-                if event.at <= p.acked:
+                if event.at <= p.acked and not window:
                     if self.batch_events and event.kind in _BATCHABLE:
                         batch = self._ready_batch()
                         assert batch is not None
                         return batch
                     return event
                 limit = min(limit, event.at)
-            if limit > p.acked:
-                inflight = p.inflight
-                if inflight is not None and inflight.seq == p.seq and inflight.offset == p.acked:
+            if limit > sent and len(window) < MAX_INFLIGHT_CHUNKS:
+                seq = p.seq + len(window)
+                self._resend = [c for c in self._resend if c.seq >= seq]
+                if self._resend and self._resend[0].seq == seq and self._resend[0].offset == sent:
                     # Resend exactly the chunk a previous process may have delivered.
-                    return _Chunk(p.seq, p.acked, min(inflight.size, self._flushed - p.acked))
-                return _Chunk(p.seq, p.acked, min(MAX_CHUNK, limit - p.acked))
+                    size = min(self._resend[0].size, self._flushed - sent)
+                    return _Chunk(seq, sent, size)
+                size = min(MAX_CHUNK, limit - sent)
+                if not window or size >= PIPELINE_MIN_BYTES:
+                    return _Chunk(seq, sent, size)
             self._wake.clear()
-            self._sender_idle.set()
+            idle = not window  # waiting for output, not for an acknowledgement
+            if idle:
+                self._sender_idle.set()
             try:
                 await self._wake.wait()
             finally:
-                self._sender_idle.clear()
+                if idle:
+                    self._sender_idle.clear()
 
     async def _send(self, item: _Chunk | _Event | _Batch) -> Any:
         """Deliver one item, retrying network errors and 5xx with capped backoff."""
@@ -727,9 +822,10 @@ class BuildOutbox:
             return None
         return await self.client.upload(f"{base}/artifacts", {"path": event.body["path"]}, file)
 
-    async def _save_state(self, inflight: _Chunk | None) -> None:
-        """Persist progress (and the chunk about to be sent), then drop spool segments
-        whose bytes are all acknowledged in what was just persisted."""
+    async def _save_state(self, inflight: list[_Chunk]) -> None:
+        """Persist progress (and the chunks in flight, with the one about to be sent),
+        then drop spool segments whose bytes are all acknowledged in what was just
+        persisted."""
         self._progress.inflight = inflight
         state = self._progress.to_json()
         acked = self._progress.acked
@@ -882,15 +978,25 @@ class BuildOutbox:
             _fsync_dir(self.directory.parent)
 
 
+async def _first_of(events: tuple[asyncio.Event, ...], timeout: float) -> None:
+    """Wait until one of ``events`` is set, at most ``timeout`` seconds."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
 def _progress_from_json(state: dict[str, Any], meta: dict[str, Any], fresh: bool) -> _Progress:
-    inflight = state.get("inflight")
+    recorded = state.get("inflight") or []
+    if isinstance(recorded, dict):
+        recorded = [recorded]  # version 1: one chunk in flight at most
     return _Progress(
         acked=int(state.get("acked_offset", 0)),
         seq=int(state.get("next_seq", 0)),
         events_acked=int(state.get("events_acked", 0)),
-        inflight=None
-        if not inflight
-        else _Chunk(int(inflight["seq"]), int(inflight["offset"]), int(inflight["size"])),
+        inflight=[_Chunk(int(c["seq"]), int(c["offset"]), int(c["size"])) for c in recorded],
         meta=meta if fresh else dict(state.get("meta") or {}),
     )
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 import threading
@@ -36,7 +37,10 @@ import psutil
 #: Environment variable holding the per-attempt cookie used to find stray processes.
 COOKIE_VAR = "CONVEYOR_PROCESS_COOKIE"
 
-READ_SIZE = 64 * 1024
+READ_SIZE = 1024 * 1024
+#: The step's output pipe holds this much (Linux; pipe-max-size is 1 MiB by default):
+#: a flood is read in few large reads instead of one per 64 KiB (the default pipe).
+PIPE_SIZE = 1024 * 1024
 #: A partial line is flushed once it is this old (seconds) or this large (bytes).
 FLUSH_DELAY = 0.1
 MAX_PENDING = 64 * 1024
@@ -93,6 +97,13 @@ class PipeReader:
         fd, self.fd = self.fd, None
         if fd is not None:
             os.close(fd)
+
+
+def _grow_pipe(fd: int) -> None:
+    """Make the pipe hold PIPE_SIZE where the system allows (else keep its size)."""
+    if hasattr(fcntl, "F_SETPIPE_SZ"):
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
 def _set_once(future: asyncio.Future[None]) -> None:
@@ -261,6 +272,7 @@ class StepProcess:
         now = _kernel_ticks_now() if _HAS_PROC else None
         self._since_ticks = None if now is None else now - START_SLACK_TICKS
         read_fd, write_fd = os.pipe()
+        _grow_pipe(read_fd)
         try:
             try:
                 self._proc = await asyncio.create_subprocess_exec(
