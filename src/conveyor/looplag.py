@@ -52,23 +52,31 @@ class LoopWatch:
         self.interval = interval
         self.stall_seconds = stall_seconds
         self._gc_started = 0.0
-        #: GC time since the last wake-up (seconds), by generation.
+        self._gc_cpu_started = 0.0
+        #: GC time since the last wake-up (seconds), by generation: wall, and CPU of
+        #: the collecting thread (on a busy machine a collection may be preempted:
+        #: its wall time then says more about the machine than about the heap).
         self._gc_spell: dict[int, float] = {}
+        self._gc_cpu_spell: dict[int, float] = {}
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._gc_started = time.perf_counter()
+            self._gc_cpu_started = time.thread_time()
             return
         seconds = time.perf_counter() - self._gc_started
+        cpu = time.thread_time() - self._gc_cpu_started
         generation = int(info.get("generation", 0))
         self.metrics.gc_pause_seconds.labels(str(generation)).observe(seconds)
         self._gc_spell[generation] = self._gc_spell.get(generation, 0.0) + seconds
+        self._gc_cpu_spell[generation] = self._gc_cpu_spell.get(generation, 0.0) + cpu
 
     async def run(self) -> None:
         gc.callbacks.append(self._on_gc)
         try:
             while True:
                 self._gc_spell = {}
+                self._gc_cpu_spell = {}
                 started = time.perf_counter()
                 await asyncio.sleep(self.interval)
                 lag = max(0.0, time.perf_counter() - started - self.interval)
@@ -78,6 +86,7 @@ class LoopWatch:
                         "loop.stall",
                         seconds=round(lag, 3),
                         gc_ms={g: round(s * 1000, 1) for g, s in self._gc_spell.items()},
+                        gc_cpu_ms={g: round(s * 1000, 1) for g, s in self._gc_cpu_spell.items()},
                     )
         finally:
             gc.callbacks.remove(self._on_gc)
