@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 from conveyor import __version__
 from conveyor.controller.clock import Clock
 from conveyor.core.states import BuildState
+from conveyor.store.agent_rows import agent_gauge_rows, decode_metrics, queue_figures
 
 if TYPE_CHECKING:
     from conveyor.controller.leader import LeaderLease
@@ -92,6 +93,80 @@ class OptionalGauge(Collector):
     def collect(self) -> Iterator[Metric]:
         if self.value is not None:
             yield GaugeMetricFamily(self.name, self.documentation, value=self.value)
+
+
+#: (agent name, cpu_percent, memory_percent, the heartbeat's extra figures as stored)
+AgentFigureRow = tuple[str, int | None, int | None, Any]
+
+_AGENT_FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (
+        "conveyor_agent_cpu_percent",
+        "CPU use of online agents from their last heartbeat. Leader only.",
+        ("agent",),
+    ),
+    (
+        "conveyor_agent_memory_percent",
+        "Memory use of online agents from their last heartbeat. Leader only.",
+        ("agent",),
+    ),
+    (
+        "conveyor_agent_disk_percent",
+        "Disk use of online agents' work folders from their last heartbeat. Leader only.",
+        ("agent",),
+    ),
+    (
+        "conveyor_agent_load1",
+        "1-minute load average of online agents from their last heartbeat. Leader only.",
+        ("agent",),
+    ),
+    (
+        "conveyor_agent_network_bytes",
+        "Network bytes sent/received by online agents' hosts since boot, from their last "
+        "heartbeat (graph with rate()). Leader only.",
+        ("agent", "direction"),
+    ),
+)
+
+
+class AgentGauges(Collector):
+    """The per-agent gauges (``conveyor_agent_*``), built when scraped from the rows of
+    the last snapshot. Setting them is one assignment: with thousands of agents, the
+    labelled ``Gauge`` updates (six per agent, every 5 s) and decoding every agent's
+    heartbeat extras stalled the event loop for tens of milliseconds, scraped or not."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rows: list[AgentFigureRow] = []
+        registry.register(self)
+
+    def set(self, rows: list[AgentFigureRow]) -> None:
+        self.rows = rows
+
+    def clear(self) -> None:
+        self.rows = []
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(n, doc, labels=list(ls)) for n, doc, ls in _AGENT_FAMILIES]
+
+    def collect(self) -> Iterator[Metric]:
+        cpu, memory, disk, load1, network = self.describe()
+        assert isinstance(cpu, GaugeMetricFamily) and isinstance(network, GaugeMetricFamily)
+        for name, cpu_percent, memory_percent, stored in self.rows:
+            extras = decode_metrics(stored)
+            for family, value in (
+                (cpu, cpu_percent),
+                (memory, memory_percent),
+                (disk, extras.get("disk_percent")),
+                (load1, extras.get("load1")),
+            ):
+                number = _number(value)
+                if number is not None:
+                    assert isinstance(family, GaugeMetricFamily)
+                    family.add_metric([name], number)
+            for direction, key in (("sent", "net_sent_bytes"), ("received", "net_recv_bytes")):
+                number = _number(extras.get(key))
+                if number is not None:
+                    network.add_metric([name, direction], number)
+        yield from (cpu, memory, disk, load1, network)
 
 
 class Metrics:
@@ -158,6 +233,20 @@ class Metrics:
             "Bytes of build log accepted from agents.",
             registry=r,
         )
+        self.event_loop_lag_seconds = Histogram(
+            "conveyor_event_loop_lag_seconds",
+            "How late the controller's event loop ran a 50 ms timer: time something else "
+            "held the loop (conveyor.looplag).",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.gc_pause_seconds = Histogram(
+            "conveyor_gc_pause_seconds",
+            "Python garbage collections of the controller by generation, seconds each.",
+            ["generation"],
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=r,
+        )
         self.http_request_duration_seconds = Histogram(
             "conveyor_http_request_duration_seconds",
             "HTTP request duration by method, route template and status.",
@@ -190,37 +279,8 @@ class Metrics:
             ["state"],
             registry=r,
         )
-        self.agent_cpu_percent = Gauge(
-            "conveyor_agent_cpu_percent",
-            "CPU use of online agents from their last heartbeat. Leader only.",
-            ["agent"],
-            registry=r,
-        )
-        self.agent_memory_percent = Gauge(
-            "conveyor_agent_memory_percent",
-            "Memory use of online agents from their last heartbeat. Leader only.",
-            ["agent"],
-            registry=r,
-        )
-        self.agent_disk_percent = Gauge(
-            "conveyor_agent_disk_percent",
-            "Disk use of online agents' work folders from their last heartbeat. Leader only.",
-            ["agent"],
-            registry=r,
-        )
-        self.agent_load1 = Gauge(
-            "conveyor_agent_load1",
-            "1-minute load average of online agents from their last heartbeat. Leader only.",
-            ["agent"],
-            registry=r,
-        )
-        self.agent_network_bytes = Gauge(
-            "conveyor_agent_network_bytes",
-            "Network bytes sent/received by online agents' hosts since boot, from their last "
-            "heartbeat (graph with rate()). Leader only.",
-            ["agent", "direction"],
-            registry=r,
-        )
+        # Per agent (five families): built at each scrape from the last snapshot.
+        self.agent_gauges = AgentGauges(r)
         self.lease_epoch = OptionalGauge(
             "conveyor_lease_epoch",
             "Epoch (fencing token) of the leader lease. Leader only.",
@@ -300,14 +360,10 @@ class Metrics:
             self.queue_length,
             self.executors,
             self.agents,
-            self.agent_cpu_percent,
-            self.agent_memory_percent,
-            self.agent_disk_percent,
-            self.agent_load1,
-            self.agent_network_bytes,
         ):
             gauge.clear()
         self.builds_running.clear()
+        self.agent_gauges.clear()
         self._cluster_gauges_set = False
 
     def set_cluster_gauges(self, snapshot: ClusterSnapshot) -> None:
@@ -321,20 +377,9 @@ class Metrics:
         self.executors.labels(DEFAULT_POOL, "busy").set(snapshot.executors_busy)
         for state in AGENT_STATES:
             self.agents.labels(state).set(snapshot.agents.get(state, 0))
-        for name, figures in snapshot.agent_figures.items():
-            for gauge, key in (
-                (self.agent_cpu_percent, "cpu_percent"),
-                (self.agent_memory_percent, "memory_percent"),
-                (self.agent_disk_percent, "disk_percent"),
-                (self.agent_load1, "load1"),
-            ):
-                value = figures.get(key)
-                if value is not None:
-                    gauge.labels(name).set(value)
-            for direction, key in (("sent", "net_sent_bytes"), ("received", "net_recv_bytes")):
-                value = figures.get(key)
-                if value is not None:
-                    self.agent_network_bytes.labels(name, direction).set(value)
+        # O(1): with thousands of agents, six labelled gauge updates per agent every
+        # 5 s were tens of milliseconds of the event loop; a scrape builds them.
+        self.agent_gauges.set(snapshot.agent_rows)
         self._cluster_gauges_set = True
 
     # ---------------------------------------------------------------- exposition
@@ -351,7 +396,7 @@ class Metrics:
         }
         names: set[str] = set()
         for attribute in vars(self).values():
-            if isinstance(attribute, Counter | Gauge | Histogram | OptionalGauge):
+            if isinstance(attribute, Counter | Gauge | Histogram | OptionalGauge | AgentGauges):
                 for family in attribute.describe():
                     names.update(family.name + s for s in suffixes[family.type])
         return names
@@ -366,7 +411,8 @@ class ClusterSnapshot:
         self.executors_total = 0
         self.executors_busy = 0
         self.agents: dict[str, int] = dict.fromkeys(AGENT_STATES, 0)
-        self.agent_figures: dict[str, dict[str, float | None]] = {}
+        #: Online agents: (name, cpu_percent, memory_percent, heartbeat extras as stored)
+        self.agent_rows: list[AgentFigureRow] = []
 
 
 def _number(value: Any) -> float | None:
@@ -423,33 +469,21 @@ class MetricsUpdater:
 
     async def snapshot(self) -> ClusterSnapshot:
         started = time.perf_counter()
-        rows = await self.store.dispatch_rows(self.clock())
-        agent_list = await self.store.list_agents()
-        extra = await self._agent_system_figures()
+        queued, snap_running = await queue_figures(self.store)
+        agent_rows, busy = await agent_gauge_rows(self.store)
         snap = ClusterSnapshot()
-        for build in rows.queued:
-            key = build.label_expression or ANY_AGENT
-            snap.queue[key] = snap.queue.get(key, 0) + 1
-        snap.running = sum(rows.active_per_job.values())
-        for agent in agent_list:
-            if not agent.online:
+        for expression, count in queued.items():
+            key = expression or ANY_AGENT
+            snap.queue[key] = snap.queue.get(key, 0) + count
+        snap.running = snap_running
+        for agent_id, name, online, draining, executors, cpu, memory, extras in agent_rows:
+            if not online:
                 snap.agents["offline"] += 1
                 continue
-            snap.agents["draining" if agent.draining else "online"] += 1
-            snap.executors_total += agent.executors
-            snap.executors_busy += agent.busy
-            figures = extra.get(agent.name, {})
-            snap.agent_figures[agent.name] = {
-                "cpu_percent": _number(agent.cpu_percent),
-                "memory_percent": _number(agent.memory_percent),
-                "disk_percent": _number(figures.get("disk_percent")),
-                "load1": _number(figures.get("load1")),
-                "net_sent_bytes": _number(figures.get("net_sent_bytes")),
-                "net_recv_bytes": _number(figures.get("net_recv_bytes")),
-            }
+            snap.agents["draining" if draining else "online"] += 1
+            snap.executors_total += executors
+            snap.executors_busy += busy.get(agent_id, 0)
+            # The extras (JSON) are decoded only when scraped (AgentGauges).
+            snap.agent_rows.append((name, cpu, memory, extras))
         log.debug("metrics.snapshot", seconds=round(time.perf_counter() - started, 4))
         return snap
-
-    async def _agent_system_figures(self) -> dict[str, dict[str, Any]]:
-        # The heartbeat's extra figures (disk_percent, load1) live in agents.metrics.
-        return await self.store.agent_system_figures()

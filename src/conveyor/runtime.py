@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 import secrets
@@ -33,6 +35,7 @@ from conveyor.controller.scm import ScmBuilds
 from conveyor.controller.triggers import TriggerLoop
 from conveyor.controller.wakeups import DISPATCH, Wakeups
 from conveyor.credentials.service import CredentialVault, load_secret_key
+from conveyor.looplag import LoopWatch
 from conveyor.metrics import Metrics, MetricsUpdater
 from conveyor.security.bootstrap import ensure_first_admin
 from conveyor.settings import Settings
@@ -73,6 +76,8 @@ class Runtime:
     triggers: TriggerLoop | None = None
     config_sync: ConfigSync | None = None
     loops: list[LoopRunner] = field(default_factory=list)
+    #: The event-loop lag and GC pause sampler (conveyor.looplag), while loops run.
+    loop_watch: asyncio.Task[None] | None = None
     first_admin_token: str | None = None
     credentials: CredentialVault | None = None  # the encrypted credentials store
     autoscaler: Autoscaler | None = None
@@ -190,6 +195,7 @@ class Runtime:
             )
         for loop in self.loops:
             loop.start()
+        self.loop_watch = asyncio.create_task(LoopWatch(self.metrics).run(), name="loop-watch")
 
     async def _audit_scaling(self, decision: ScalingDecisionRecord) -> None:
         """Every stored scaling decision is in the audit log, with its reason."""
@@ -231,6 +237,11 @@ class Runtime:
         return self.autoscaler
 
     async def stop(self) -> None:
+        if self.loop_watch is not None:
+            self.loop_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.loop_watch
+            self.loop_watch = None
         for loop in self.loops:
             await loop.stop()
         if self.autoscaler is not None:

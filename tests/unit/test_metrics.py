@@ -320,8 +320,12 @@ async def test_store_down_is_reported(runtime: Runtime, monkeypatch: pytest.Monk
     await runtime.metrics_updater.run_once()
     assert value(runtime.metrics, "conveyor_store_up") == 1
     assert await runtime.lease.run_once()
+
+    def no_reads(*_: Any) -> Any:
+        raise StoreUnavailable("database unreachable: test")
+
     with monkeypatch.context() as patch:  # the leader reads its snapshot
-        patch.setattr(runtime.store, "dispatch_rows", unreachable)
+        patch.setattr(runtime.store, "read", no_reads)
         await runtime.metrics_updater.run_once()
     assert value(runtime.metrics, "conveyor_store_up") == 0
 

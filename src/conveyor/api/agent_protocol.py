@@ -168,10 +168,11 @@ async def _aborts(runtime: Any, agent_id: int, running: list[str]) -> list[str]:
     return [aid for aid, state in states.items() if state not in ("assigned", "running")]
 
 
-@router.post("/agents/{agent_id}/heartbeat")
-async def heartbeat(
-    agent_id: int, body: HeartbeatIn, runtime: RuntimeDep, _: CallerDep
-) -> InboxOut:
+async def record_heartbeat(runtime: Any, agent_id: int, body: HeartbeatIn) -> list[str]:
+    """What a heartbeat does, for the route and for its fast path
+    (``conveyor.api.fast_heartbeat``): records it, wakes the dispatcher if the agent
+    was offline, and answers the assignments it must abort. NotFound for an unknown
+    agent (it registers again)."""
     # Written in groups with the other agents' heartbeats (one transaction each).
     came_back = await heartbeat_groups(runtime).touch(
         agent_id,
@@ -183,7 +184,16 @@ async def heartbeat(
     if came_back:
         # Offline until now (reaped): the dispatcher may use it again.
         runtime.wakeups.notify(DISPATCH)
-    return InboxOut(abort=await _aborts(runtime, agent_id, body.running))
+    return await _aborts(runtime, agent_id, body.running)
+
+
+@router.post("/agents/{agent_id}/heartbeat")
+async def heartbeat(
+    agent_id: int, body: HeartbeatIn, runtime: RuntimeDep, _: CallerDep
+) -> InboxOut:
+    # Normally answered by conveyor.api.fast_heartbeat before routing; this route
+    # serves the requests it passes on (bad bodies) and describes the API.
+    return InboxOut(abort=await record_heartbeat(runtime, agent_id, body))
 
 
 @router.post("/agents/{agent_id}/poll", response_model_exclude_none=True)

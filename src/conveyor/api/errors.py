@@ -39,15 +39,21 @@ def _message(error: Any) -> str:
     return f"{_field(loc)}: {error.get('msg')}"
 
 
+def conveyor_error_response(exc: ConveyorError) -> JSONResponse:
+    """The answer to one of our own errors (also used by the heartbeat fast path,
+    which runs outside FastAPI's exception handlers)."""
+    extra: dict[str, Any] = {}
+    if isinstance(exc, InvalidInput) and exc.errors:
+        extra["errors"] = exc.errors
+    if exc.status >= 500:
+        log.warning("request.failed", error=str(exc), kind=type(exc).__name__)
+    return problem(exc.status, exc.title, str(exc), **extra)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ConveyorError)
     async def conveyor_error(_: Request, exc: ConveyorError) -> JSONResponse:
-        extra: dict[str, Any] = {}
-        if isinstance(exc, InvalidInput) and exc.errors:
-            extra["errors"] = exc.errors
-        if exc.status >= 500:
-            log.warning("request.failed", error=str(exc), kind=type(exc).__name__)
-        return problem(exc.status, exc.title, str(exc), **extra)
+        return conveyor_error_response(exc)
 
     @app.exception_handler(SpecError)
     async def spec_error(_: Request, exc: SpecError) -> JSONResponse:

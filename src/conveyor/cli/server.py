@@ -18,6 +18,7 @@ from conveyor import aio
 from conveyor.api.app import create_app
 from conveyor.cli.config import write_cli_file
 from conveyor.logging import configure_logging
+from conveyor.looplag import settle_gc
 from conveyor.runtime import ADMIN_TOKEN_FILE, Runtime
 from conveyor.settings import Settings
 
@@ -92,6 +93,7 @@ def run_server(settings: Settings, log_format: str | None = None) -> None:
             await asyncio.sleep(0.05)
         if server.started:
             _announce(runtime, url)
+            settle_gc()  # after start-up: see conveyor.looplag
         await task
 
     aio.run(main())
