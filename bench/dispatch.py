@@ -807,8 +807,16 @@ async def throughput(
         "queued_to_running_ms": stats_ms(_collect(builds, "queued_at", "started_at")),
         "assigned_to_running_ms": stats_ms(_collect(builds, "assigned_at", "started_at")),
         "running_to_finished_ms": stats_ms(_collect(builds, "started_at", "finished_at")),
-        "cpu": cpu_delta(cpu_before, cpu_after, phase_wall),
+        "cpu": per_build_cpu(cpu_delta(cpu_before, cpu_after, phase_wall), n),
     }
+
+
+def per_build_cpu(cpu: dict[str, Any], builds: int) -> dict[str, Any]:
+    """CPU ms per build of the controller(s) and PostgreSQL: the figure that depends
+    least on the load of the machine (throughput does, a lot)."""
+    for role in ("controller", "postgres"):
+        cpu[f"{role}_ms_per_build"] = round(1000 * cpu[f"{role}_cpu_seconds"] / max(builds, 1), 2)
+    return cpu
 
 
 async def latency(
@@ -973,6 +981,13 @@ SUMMARY: list[tuple[str, str, str, str]] = [
     ("(a) first submit → last finished, s", "throughput", "wall_seconds", "{:.2f}"),
     ("(a) submits/s", "throughput", "submits_per_second", "{:.1f}"),
     ("(a) controller CPU, % of a core", "throughput", "cpu.controller_core_percent", "{:.0f}"),
+    (
+        "(a) controller CPU per build, ms",
+        "throughput",
+        "cpu.controller_ms_per_build",
+        "[bold]{:.1f}",
+    ),
+    ("(a) PostgreSQL CPU per build, ms", "throughput", "cpu.postgres_ms_per_build", "{:.1f}"),
     ("(a) agents CPU, % of a core", "throughput", "cpu.agents_core_percent", "{:.0f}"),
     ("(a) PostgreSQL CPU, % of a core", "throughput", "cpu.postgres_core_percent", "{:.0f}"),
     ("(a) benchmark client CPU, % of a core", "throughput", "cpu.bench_core_percent", "{:.0f}"),

@@ -10,7 +10,10 @@ import pytest
 
 from conveyor.blobs.folder import FolderBlobStore
 from conveyor.controller.builds import BuildService
+from conveyor.controller.dispatcher import QUEUE_PAGE, Dispatcher
+from conveyor.controller.leader import LeaderLease
 from conveyor.controller.wakeups import Wakeups
+from conveyor.core.dispatch import Strategy
 from conveyor.core.states import BuildState, StepState
 from conveyor.errors import Conflict, NotFound
 from conveyor.store import Store
@@ -356,3 +359,32 @@ async def test_compacted_chunks_are_dropped_in_batches_and_leftovers_found(
 
 async def _noop(*_: object, **__: object) -> None:
     return None
+
+
+async def test_dispatch_reader_pages_in_dispatch_order(store: Store, clock: FakeClock) -> None:
+    await store.create_job(fields(), None, clock())
+    low = [(await store.create_build(new_build(priority=0), clock())).id for _ in range(3)]
+    high = [(await store.create_build(new_build(priority=5), clock())).id for _ in range(2)]
+    async with store.dispatch_reader() as reader:
+        assert await reader.has_queued()
+        first = await reader.queued(3)
+        rest = await reader.queued(10, first[-1])
+    assert [q.build_id for q in first + rest] == high + low
+    assert len(rest) == 2
+
+
+async def test_dispatcher_looks_past_builds_it_cannot_place(store: Store, clock: FakeClock) -> None:
+    """A pass reads the queue page by page: a long head of builds that no agent
+    matches does not hide a later build that one can run."""
+    await store.create_job(fields(), None, clock())
+    for _ in range(QUEUE_PAGE + 5):
+        await store.create_build(new_build(label_expression="windows"), clock())
+    runnable = await store.create_build(new_build(), clock())
+    await _agent(store, clock, "a1", executors=1)
+    lease = LeaderLease(store, "c1", 30, clock)
+    assert await lease.run_once()
+    dispatcher = Dispatcher(store, Wakeups(), lease, Strategy.LABEL_MATCH, clock)
+    assert await dispatcher.run_once() == 1
+    assert (await store.get_build(runnable.id)).state == BuildState.ASSIGNED
+    # No executor free now: the next pass stops before reading the queue.
+    assert await dispatcher.run_once() == 0

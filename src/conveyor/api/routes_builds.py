@@ -71,9 +71,15 @@ async def _page(
 async def trigger_build(
     name: str, body: TriggerIn, runtime: RuntimeDep, caller: CallerDep, response: Response
 ) -> BuildOut:
-    build = await runtime.builds.trigger(name, body.parameters, f"api:{caller.name}", body.priority)
+    build, steps = await runtime.builds.trigger_with_steps(
+        name, body.parameters, f"api:{caller.name}", body.priority
+    )
     response.headers["Location"] = f"/api/v1/builds/{build.id}"
-    return await _detail(runtime, build)
+    if steps is None:  # a job with a repository: its commit is recorded meanwhile
+        return await _detail(runtime, build)
+    # A new build has the steps it was stored with, no artifacts and no commit:
+    # nothing to read back.
+    return BuildOut.of(build, steps, [])
 
 
 @router.get("/jobs/{name:path}/builds/{number}")

@@ -19,14 +19,14 @@ from conveyor.controller.clock import Clock
 from conveyor.controller.failures import FailureAnalyzer
 from conveyor.controller.notifications import Notifier
 from conveyor.controller.wakeups import DISPATCH, Wakeups, agent_channel, build_channel
-from conveyor.core.pipeline import ParameterError, parse_pipeline, plan_build
+from conveyor.core.pipeline import ParameterError, Pipeline, parse_pipeline, plan_build
 from conveyor.core.plan import BuildPlan
-from conveyor.core.states import BuildState
+from conveyor.core.states import BuildState, StepState
 from conveyor.credentials.service import check_bindings
 from conveyor.errors import Conflict, InvalidInput
 from conveyor.metrics import Metrics
 from conveyor.store import Store
-from conveyor.store.records import BuildRecord
+from conveyor.store.records import BuildRecord, JobRecord, StepRecord
 from conveyor.store.store import NewBuild, NewStep
 
 if TYPE_CHECKING:
@@ -36,6 +36,8 @@ log = structlog.get_logger(__name__)
 
 #: Results after which a pipeline-level ``retry`` queues another attempt.
 RETRYABLE = frozenset({BuildState.FAILED, BuildState.TIMED_OUT, BuildState.LOST})
+#: Parsed pipelines kept by the trigger (one per job version).
+PIPELINE_CACHE_SIZE = 512
 
 
 def log_blob_key(build_id: int) -> str:
@@ -48,6 +50,26 @@ def plan_steps(plan: BuildPlan) -> list[NewStep]:
     return [
         NewStep(key=s.key, stage=s.stage, name=s.name, kind=s.kind, skipped=skipped)
         for s, skipped in plan.iter_steps()
+    ]
+
+
+def new_step_records(steps: list[NewStep]) -> list[StepRecord]:
+    """The step rows ``Store.create_build`` writes for ``steps``, as ``build_steps``
+    reads them back (the trigger's answer, without reading them back)."""
+    return [
+        StepRecord(
+            key=s.key,
+            position=i,
+            stage=s.stage,
+            name=s.name,
+            kind=s.kind,
+            state=StepState.SKIPPED if s.skipped else StepState.PENDING,
+            exit_code=None,
+            attempt=0,
+            started_at=None,
+            finished_at=None,
+        )
+        for i, s in enumerate(steps)
     ]
 
 
@@ -74,6 +96,22 @@ class BuildService:
         self.default_log_limit: int | None = None
         # Jobs with a repository are planned by ScmBuilds (set by the runtime).
         self.scm: ScmBuilds | None = None
+        # (job name, version) -> (spec, parsed pipeline); the spec is compared too,
+        # since a job deleted and created again starts at version 1 again.
+        self._pipelines: dict[tuple[str, int], tuple[str, Pipeline]] = {}
+
+    def _pipeline(self, job: JobRecord) -> Pipeline:
+        """The job's parsed pipeline, parsed once per (job, version, spec): the YAML parse
+        and validation were a tenth of a trivial build's controller time."""
+        key = (job.name, job.version)
+        cached = self._pipelines.get(key)
+        if cached is not None and cached[0] == job.spec:
+            return cached[1]
+        pipeline = parse_pipeline(job.spec, f"{job.name}.yml")
+        if len(self._pipelines) >= PIPELINE_CACHE_SIZE:
+            self._pipelines.pop(next(iter(self._pipelines)))  # the oldest entry
+        self._pipelines[key] = (job.spec, pipeline)
+        return pipeline
 
     async def trigger(
         self,
@@ -82,12 +120,25 @@ class BuildService:
         trigger: str,
         priority: int | None = None,
     ) -> BuildRecord:
+        build, _ = await self.trigger_with_steps(job_name, parameters, trigger, priority)
+        return build
+
+    async def trigger_with_steps(
+        self,
+        job_name: str,
+        parameters: Mapping[str, str | bool | int | None],
+        trigger: str,
+        priority: int | None = None,
+    ) -> tuple[BuildRecord, list[StepRecord] | None]:
+        """Queue a build; with the steps it was stored with, as the store would list
+        them (None for a job with a repository: ask the store)."""
         job = await self.store.get_job(job_name)
         if job.disabled:
             raise Conflict(f"job {job.name!r} is disabled: enable it to start builds")
-        pipeline = parse_pipeline(job.spec, f"{job.name}.yml")
+        pipeline = self._pipeline(job)
         if pipeline.scm is not None and self.scm is not None:
-            return await self.scm.trigger(job, pipeline, parameters, trigger, priority)
+            build = await self.scm.trigger(job, pipeline, parameters, trigger, priority)
+            return build, None
         try:
             plan = plan_build(pipeline, parameters)
         except ParameterError as exc:
@@ -97,12 +148,13 @@ class BuildService:
         if plan.log_limit is None and self.default_log_limit is not None:
             plan.log_limit = self.default_log_limit
             plan.log_limit_source = "controller log_limit_mb"
+        steps = plan_steps(plan)
         build = await self.store.create_build(
             NewBuild(
                 job_name=job.name,
                 parameters={k: v for k, v in plan.environment.items() if pipeline.parameter(k)},
                 plan=plan.model_dump(mode="json"),
-                steps=plan_steps(plan),
+                steps=steps,
                 priority=job.priority if priority is None else priority,
                 label_expression=pipeline.agent,
                 trigger=trigger,
@@ -116,7 +168,7 @@ class BuildService:
             self.metrics.job_seen(job.name)
         self.wakeups.notify(DISPATCH)
         log.info("build.queued", build_id=build.id, job=job.name, number=build.number)
-        return build
+        return build, new_step_records(steps)
 
     async def cancel(self, build_id: int, by: str) -> BuildRecord:
         build = await self.store.request_cancel(build_id, self.clock(), by)

@@ -24,12 +24,16 @@ class LoopRunner:
         interval: float | Callable[[], float],
         wakeups: Wakeups | None = None,
         channel: str | None = None,
+        settle: float = 0.0,
     ) -> None:
         self.name = name
         self.step = step
         self.interval = interval
         self.wakeups = wakeups
         self.channel = channel
+        # After a wake-up, wait this long before the next step, so that a burst
+        # of wake-ups (a few triggers and finishes) makes one step, not one each.
+        self.settle = settle
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -66,6 +70,7 @@ class LoopRunner:
                 # Back off with jitter while the store (or a bug) keeps failing.
                 delay = min(30.0, delay * 2 ** min(failures, 6)) * random.uniform(0.5, 1)
             if event is not None and not failures:
-                await Wakeups.wait(event, delay)
+                if await Wakeups.wait(event, delay) and self.settle > 0:
+                    await asyncio.sleep(self.settle)
             else:
                 await asyncio.sleep(delay)

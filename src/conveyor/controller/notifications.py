@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import structlog
+from pydantic import TypeAdapter
 
 from conveyor.controller.clock import Clock
 from conveyor.core.notifications import (
@@ -131,6 +132,31 @@ def _facts(build: BuildRecord) -> BuildFacts:
     )
 
 
+_NOTIFIER_ADAPTER: TypeAdapter[NotifierConfig] | None = None
+
+
+def _notifier_adapter() -> TypeAdapter[NotifierConfig]:
+    """One TypeAdapter for the process: building it generates the union's schema,
+    which cost more than the rest of a finished build's notification check."""
+    global _NOTIFIER_ADAPTER
+    if _NOTIFIER_ADAPTER is None:
+        _NOTIFIER_ADAPTER = TypeAdapter(NotifierConfig)
+    return _NOTIFIER_ADAPTER
+
+
+def _has_notify_steps(plan: Mapping[str, Any], condition: str) -> bool:
+    """Whether the stored plan has ``notify`` post steps for ``condition`` or ``always``,
+    looked up in the raw JSON (validating the whole plan for every build is not free)."""
+    post = plan.get("post")
+    if not isinstance(post, Mapping):
+        return True  # unexpected shape: let the validation speak
+    for block in (condition, "always"):
+        for step in post.get(block) or ():
+            if not isinstance(step, Mapping) or step.get("kind") == "notify":
+                return True
+    return False
+
+
 class Notifier:
     """Decides and delivers the notifications of finished builds.
 
@@ -178,8 +204,6 @@ class Notifier:
     async def load_stored(self) -> None:
         """Read the notifiers a config apply stored. On a store error the last ones
         read stay in use (the file's notifiers never depend on the store)."""
-        from pydantic import TypeAdapter
-
         from conveyor.controller.config_kinds import stored_notifiers
 
         try:
@@ -188,7 +212,7 @@ class Notifier:
         except Exception as exc:
             log.warning("notifications.stored_unreadable", error=repr(exc))
             return
-        adapter: TypeAdapter[NotifierConfig] = TypeAdapter(NotifierConfig)
+        adapter = _notifier_adapter()
         file_names = set(self.config.notifiers) if self.config is not None else set()
         stored: dict[str, NotifierConfig] = {}
         rules: list[Rule] = []
@@ -275,7 +299,7 @@ class Notifier:
         step row set ``running``, then ``succeeded`` or ``failed``. Steps of other blocks
         stay ``skipped``. Returns the deliveries this call made."""
         condition = POST_FOR.get(build.state)
-        if condition is None or not build.plan:
+        if condition is None or not build.plan or not _has_notify_steps(build.plan, condition):
             return []
         try:
             plan = BuildPlan.model_validate(build.plan)

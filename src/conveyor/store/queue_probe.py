@@ -1,4 +1,4 @@
-"""A cheap "is anything queued?" for the dispatcher.
+"""A cheap "is anything queued?" for the dispatcher and the queue page.
 
 A dispatch pass reads every agent (labels, executors, load) to plan assignments.
 Every registration and every agent coming back wakes the dispatcher, so with
@@ -10,16 +10,9 @@ something to assign.
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
-from conveyor.core.states import BuildState
-from conveyor.store.schema import builds
 from conveyor.store.store import Store
 
 
 async def has_queued_builds(store: Store) -> bool:
-    async with store.read() as conn:
-        found = await conn.scalar(
-            select(builds.c.id).where(builds.c.state == BuildState.QUEUED.value).limit(1)
-        )
-    return found is not None
+    async with store.dispatch_reader() as reader:
+        return await reader.has_queued()

@@ -17,6 +17,7 @@ from sqlalchemy import Table, event
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from conveyor.store.sqlite_driver import OneHopConnection, connect
 from conveyor.store.store import Store
 
 
@@ -47,8 +48,25 @@ class SqliteStore(Store):
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         async_url = f"sqlite+aiosqlite:///{path}"
-        read_engine = create_async_engine(async_url, pool_size=4, max_overflow=4)
-        write_engine = create_async_engine(async_url, pool_size=1, max_overflow=0)
+        database = path or ":memory:"
+
+        def connector() -> OneHopConnection:
+            return connect(database, check_same_thread=False)
+
+        # A fixed read pool: overflow connections were opened and closed again under
+        # load (a thread and four PRAGMAs each); 8 is what pool + overflow allowed.
+        read_engine = create_async_engine(
+            async_url, async_creator=connector, pool_size=8, max_overflow=0
+        )
+        # Every write runs in engine.begin(), which commits or rolls back itself: the
+        # pool's rollback on return would be one more trip to the driver's thread.
+        write_engine = create_async_engine(
+            async_url,
+            async_creator=connector,
+            pool_size=1,
+            max_overflow=0,
+            pool_reset_on_return=None,
+        )
         _configure(read_engine, immediate=False)
         _configure(write_engine, immediate=True)
         super().__init__(url, read_engine, write_engine)

@@ -9,6 +9,7 @@ transaction, so a deposed leader's write fails instead of acting twice.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -107,6 +108,103 @@ class DispatchRows:
     queued: list[QueuedBuild]
     agents: list[AgentSlot]
     active_per_job: dict[str, int]
+
+
+class DispatchReader:
+    """Reads of one dispatch pass, cheapest first, so that a pass can stop early: is
+    anything queued, what is free, then the queue page by page (keyset on the
+    dispatch order) only as far as the free executors could reach."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def has_queued(self) -> bool:
+        found = await self.conn.scalar(
+            select(builds.c.id).where(builds.c.state == BuildState.QUEUED.value).limit(1)
+        )
+        return found is not None
+
+    async def capacity(self) -> tuple[list[AgentSlot], dict[str, int]]:
+        """Every agent with its busy executors, and the active builds per job."""
+        active_rows = (
+            await self.conn.execute(
+                select(builds.c.agent_id, builds.c.job_name, func.count())
+                .where(builds.c.state.in_(ACTIVE))
+                .group_by(builds.c.agent_id, builds.c.job_name)
+            )
+        ).all()
+        # Only what an AgentSlot holds: not the heartbeat's metrics JSON nor the
+        # datetimes, whose decoding was most of a pass's cost with 2,000 agents
+        # (as on main since 87d877d).
+        agent_rows = (
+            await self.conn.execute(
+                select(
+                    agents.c.id,
+                    agents.c.name,
+                    agents.c.labels,
+                    agents.c.executors,
+                    agents.c.online,
+                    agents.c.draining,
+                    agents.c.cpu_percent,
+                )
+            )
+        ).all()
+        busy: dict[int, int] = {}
+        per_job: dict[str, int] = {}
+        for agent_id, job_name, count in active_rows:
+            busy[agent_id] = busy.get(agent_id, 0) + count
+            per_job[job_name] = per_job.get(job_name, 0) + count
+        slots = [
+            AgentSlot(
+                agent_id=r.id,
+                name=r.name,
+                labels=frozenset(r.labels),
+                executors=r.executors,
+                busy=busy.get(r.id, 0),
+                online=bool(r.online),
+                draining=bool(r.draining),
+                cpu_percent=float(r.cpu_percent) if r.cpu_percent is not None else None,
+            )
+            for r in agent_rows
+        ]
+        return slots, per_job
+
+    async def queued(self, limit: int, after: QueuedBuild | None = None) -> list[QueuedBuild]:
+        """Up to ``limit`` queued builds in dispatch order (priority first, then id),
+        starting after ``after`` (the last build of the previous page)."""
+        query = (
+            select(
+                builds.c.id,
+                builds.c.job_name,
+                builds.c.priority,
+                builds.c.queued_at,
+                builds.c.label_expression,
+                jobs.c.concurrency,
+            )
+            .join(jobs, jobs.c.id == builds.c.job_id)
+            .where(builds.c.state == BuildState.QUEUED.value)
+            .order_by(builds.c.priority.desc(), builds.c.id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(
+                or_(
+                    builds.c.priority < after.priority,
+                    and_(builds.c.priority == after.priority, builds.c.id > after.build_id),
+                )
+            )
+        rows = (await self.conn.execute(query)).all()
+        return [
+            QueuedBuild(
+                build_id=r.id,
+                job_name=r.job_name,
+                priority=r.priority,
+                queued_at=r.queued_at,
+                label_expression=r.label_expression,
+                job_concurrency=r.concurrency,
+            )
+            for r in rows
+        ]
 
 
 def _job(row: Row[Any]) -> JobRecord:
@@ -544,77 +642,17 @@ class Store(StoreBase):
 
     # -------------------------------------------------------------- dispatch
     async def dispatch_rows(self, now: datetime, limit: int = 10_000) -> DispatchRows:
+        """The whole dispatch snapshot: every queued build (up to ``limit``), every agent."""
+        async with self.dispatch_reader() as reader:
+            agent_slots, per_job = await reader.capacity()
+            queued = await reader.queued(limit)
+        return DispatchRows(queued=queued, agents=agent_slots, active_per_job=per_job)
+
+    @asynccontextmanager
+    async def dispatch_reader(self) -> AsyncIterator[DispatchReader]:
+        """The dispatcher's reads on one connection (one pool checkout per pass)."""
         async with self.read() as conn:
-            queued_rows = (
-                await conn.execute(
-                    select(
-                        builds.c.id,
-                        builds.c.job_name,
-                        builds.c.priority,
-                        builds.c.queued_at,
-                        builds.c.label_expression,
-                        jobs.c.concurrency,
-                    )
-                    .join(jobs, jobs.c.id == builds.c.job_id)
-                    .where(builds.c.state == BuildState.QUEUED.value)
-                    .order_by(builds.c.priority.desc(), builds.c.id)
-                    .limit(limit)
-                )
-            ).all()
-            active_rows = (
-                await conn.execute(
-                    select(builds.c.agent_id, builds.c.job_name, func.count())
-                    .where(builds.c.state.in_(ACTIVE))
-                    .group_by(builds.c.agent_id, builds.c.job_name)
-                )
-            ).all()
-            # Only what an AgentSlot holds: not the heartbeat's metrics JSON nor the
-            # datetimes, whose decoding was most of a pass's cost with 2,000 agents.
-            agent_rows = (
-                await conn.execute(
-                    select(
-                        agents.c.id,
-                        agents.c.name,
-                        agents.c.labels,
-                        agents.c.executors,
-                        agents.c.online,
-                        agents.c.draining,
-                        agents.c.cpu_percent,
-                    )
-                )
-            ).all()
-        busy: dict[int, int] = {}
-        per_job: dict[str, int] = {}
-        for agent_id, job_name, count in active_rows:
-            busy[agent_id] = busy.get(agent_id, 0) + count
-            per_job[job_name] = per_job.get(job_name, 0) + count
-        return DispatchRows(
-            queued=[
-                QueuedBuild(
-                    build_id=r.id,
-                    job_name=r.job_name,
-                    priority=r.priority,
-                    queued_at=r.queued_at,
-                    label_expression=r.label_expression,
-                    job_concurrency=r.concurrency,
-                )
-                for r in queued_rows
-            ],
-            agents=[
-                AgentSlot(
-                    agent_id=r.id,
-                    name=r.name,
-                    labels=frozenset(r.labels),
-                    executors=r.executors,
-                    busy=busy.get(r.id, 0),
-                    online=bool(r.online),
-                    draining=bool(r.draining),
-                    cpu_percent=float(r.cpu_percent) if r.cpu_percent is not None else None,
-                )
-                for r in agent_rows
-            ],
-            active_per_job=per_job,
-        )
+            yield DispatchReader(conn)
 
     async def _check_fence(self, conn: AsyncConnection, fence: Fence, now: datetime) -> None:
         # FOR SHARE (PostgreSQL) holds off a takeover until this transaction ends;
