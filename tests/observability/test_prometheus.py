@@ -81,7 +81,7 @@ def success_ratio_expr(window: str) -> str:
 def test_promtool_accepts_the_rules_and_their_tests() -> None:
     checked = _promtool("check", "rules", "alerts.yml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 9 rules found" in checked.stdout
+    assert "SUCCESS: 10 rules found" in checked.stdout
     tested = _promtool("test", "rules", "alerts_test.yml")
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
@@ -106,6 +106,7 @@ def test_every_alert_has_severity_summary_description_and_a_test() -> None:
         "LowBuildSuccessRate",
         "AgentsOffline",
         "DispatchLatencyHigh",
+        "ControllerOverloaded",
         "AgentDiskAlmostFull",
         "DatabaseUnreachable",
         "BackupMissing",
@@ -359,7 +360,7 @@ def test_real_prometheus_computes_the_alerts_success_rate(
         # The shipped rules loaded and evaluate without error.
         groups = prometheus.api("rules")["groups"]
         rules = [r for g in groups for r in g["rules"]]
-        assert len(rules) == 9
+        assert len(rules) == 10
         wait_until(
             lambda: all(
                 r["health"] == "ok" for g in prometheus.api("rules")["groups"] for r in g["rules"]
