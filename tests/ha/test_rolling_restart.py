@@ -66,6 +66,10 @@ def _all_builds(client: httpx.Client, job: str) -> list[dict[str, Any]]:
             return items
 
 
+def access_log(cluster: Cluster) -> list[str]:
+    return (cluster.nginx.root / "logs" / "access.log").read_text().splitlines()
+
+
 def test_rolling_restart_loses_no_build_and_fails_no_request(cluster: Cluster) -> None:
     spec = (
         "name: roll\nstages:\n  - name: run\n    steps:\n      - sh: |\n"
@@ -91,6 +95,7 @@ def test_rolling_restart_loses_no_build_and_fails_no_request(cluster: Cluster) -
         controller.stop()  # SIGTERM, then wait for the process to exit
         stop_seconds.append(time.monotonic() - stopping)
         assert controller.proc.returncode is not None
+        logged = len(access_log(cluster))
         controller.start()  # same port and home; returns once /readyz answers 200
         restarted.append(controller.home.name)
         # Traffic kept flowing through the restart, and goes on before the next one.
@@ -98,6 +103,16 @@ def test_rolling_restart_loses_no_build_and_fails_no_request(cluster: Cluster) -
             lambda b=before: submit.ok + sum(r.ok for r in reads) >= b + 40,  # type: ignore[misc]
             60,
             what="requests to go on after the restart",
+        )
+        # As an operator would (docs/upgrading.md): the next controller stops only once
+        # the load balancer sends this one requests again. nginx keeps a controller that
+        # refused connections out of rotation for fail_timeout (5 s), even when it is
+        # ready sooner; stopping the next one before then could leave none in rotation.
+        served = f"upstream=127.0.0.1:{controller.port} ust=2"
+        wait_until(
+            lambda n=logged, s=served: any(s in line for line in access_log(cluster)[n:]),  # type: ignore[misc]
+            60,
+            what=f"nginx to send requests to {controller.home.name} again",
         )
     for load in loads:
         load.stop_event.set()
